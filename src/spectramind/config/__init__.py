@@ -1,0 +1,1 @@
+"""Configuration: Hydra composition, JSON-Schema validation, run hashes and snapshots."""

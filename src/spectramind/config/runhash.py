@@ -1,0 +1,80 @@
+"""Run hashes, run-folder snapshots and the outputs index.
+
+The run hash is xxh3-64 over the canonical JSON (sorted keys) of the resolved config less its
+volatile fields, together with the command and the fingerprint of the input data. The same inputs
+give the same hash on any machine, so a second run of the same thing finds the first run's folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import xxhash
+
+from spectramind import io
+
+INDEX_NAME = "run_hash_summary_v50.json"
+
+# Where outputs go and how many processes read data changes nothing about the result.
+VOLATILE = ("paths", "data.root", "data.store", "data.num_workers", "trainer.progress_bar")
+
+
+def canonical(cfg: dict) -> str:
+    stable = copy.deepcopy(cfg)
+    for dotted in VOLATILE:
+        *parents, leaf = dotted.split(".")
+        node = stable
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+
+
+def run_hash(cfg: dict, command: str, data_fingerprint: str = "") -> str:
+    h = xxhash.xxh3_64()
+    for part in (command, canonical(cfg), data_fingerprint):
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def folder_fingerprint(root: str | os.PathLike) -> str:
+    """Relative paths and sizes of every file under `root` (cheap; no file is read)."""
+    root = Path(root)
+    if not root.exists():
+        return "absent"
+    h = xxhash.xxh3_64()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}:{path.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def run_dir(output_dir: str | os.PathLike, hash_: str) -> Path:
+    return Path(output_dir) / "runs" / hash_
+
+
+def snapshot(cfg: dict, overrides: list[str], command: str, hash_: str, env: dict) -> Path:
+    """Write config.yaml, overrides.yaml and env.json into the run folder and index the run."""
+    import yaml
+
+    folder = run_dir(cfg["paths"]["output_dir"], hash_)
+    io.write_text(folder / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+    io.write_text(folder / "overrides.yaml", yaml.safe_dump(list(overrides)))
+    io.write_json(folder / "env.json", env)
+    index_run(cfg["paths"]["output_dir"], hash_, {"command": command, "status": "started"})
+    return folder
+
+
+def index_run(output_dir: str | os.PathLike, hash_: str, fields: dict) -> dict:
+    """Merge `fields` into the run's entry of the outputs index (locked: concurrent writers lose nothing)."""
+    def change(index: dict) -> None:
+        entry = index.setdefault(hash_, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        entry.update(fields)
+        entry["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    return io.update_json(Path(output_dir) / INDEX_NAME, change)

@@ -1,0 +1,17 @@
+"""User-facing errors: each carries the exit code the CLI returns and a one-line message."""
+
+
+class SpectraMindError(Exception):
+    exit_code = 1
+
+
+class ConfigError(SpectraMindError):
+    """A bad key, type, value or override: nothing has run yet."""
+
+    exit_code = 2
+
+
+class DataError(SpectraMindError):
+    """Missing, corrupt or malformed input data (names the file and the problem)."""
+
+    exit_code = 3
