@@ -1,0 +1,46 @@
+"""The installed dependency closure of spectramind: what the Docker image pins and what a bundle ships."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+
+def closure(roots: list[str], python_version: str | None = None) -> dict[str, str]:
+    """Canonical name -> installed version for `roots` and everything they require, transitively.
+
+    Markers are evaluated for `python_version` ("3.12") when given, so the closure can be taken
+    for a target interpreter other than the running one. Extras named in a requirement are followed.
+    """
+    env = {"python_version": python_version, "python_full_version": f"{python_version}.0"} if python_version else {}
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset]] = set()
+    todo = [(Requirement(r), "") for r in roots]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker and not req.marker.evaluate({**env, "extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        if (name, frozenset(req.extras)) in seen:
+            continue
+        seen.add((name, frozenset(req.extras)))
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError as e:
+            raise RuntimeError(f"{req.name} (required as '{req}') is not installed in this environment") from e
+        found[name] = dist.version
+        for wanted in [""] + sorted(req.extras):
+            todo.extend((Requirement(r), wanted) for r in dist.requires or [] if _for_extra(r, wanted))
+    return dict(sorted(found.items()))
+
+
+def _for_extra(line: str, extra: str) -> bool:
+    """Base requirements when `extra` is empty, else only those that the extra adds."""
+    return ("extra ==" in line.replace('"', "'")) == bool(extra)
+
+
+def runtime_requirements(package: str = "spectramind") -> list[str]:
+    """The package's own runtime requirements (its extras left out)."""
+    return [r for r in metadata.requires(package) or [] if "extra ==" not in r.replace('"', "'")]
