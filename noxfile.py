@@ -37,3 +37,19 @@ def bench(session: nox.Session) -> None:
     _install(session)
     for script in sorted(__import__("pathlib").Path("benchmarks").glob("bench_*.py")):
         session.run("python", str(script))
+
+
+@nox.session(python=False)
+def docker(session: nox.Session) -> None:
+    """Build the CUDA image and run its `--version`; skips where no Docker engine answers."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        session.skip("no docker command on this machine")
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
+    if probe.returncode:
+        session.skip(f"no Docker engine is running here ({(probe.stderr.strip().splitlines() or ['?'])[-1]})")
+    tag = session.posargs[0] if session.posargs else "spectramind:dev"
+    session.run("docker", "build", "--tag", tag, ".", external=True)
+    session.run("docker", "run", "--rm", tag, "--version", external=True)

@@ -43,15 +43,18 @@ def _volatile(path):
     return any(dotted == v or dotted.startswith(v + ".") for v in runhash.VOLATILE)
 
 
-def test_every_leaf_changes_the_hash():
+@pytest.mark.parametrize("command", sorted(runhash.SECTIONS) + ["doctor"])
+def test_every_leaf_a_command_reads_changes_its_hash(command):
     cfg = compose([])
-    base = runhash.run_hash(cfg, "train")
+    base = runhash.run_hash(cfg, command)
+    read = runhash.SECTIONS.get(command, tuple(cfg))
     leaves = [(p, v) for p, v in _leaves(cfg) if not _volatile(p)]
     assert len(leaves) > 20
     for path, value in leaves:
         other = copy.deepcopy(cfg)
         _set(other, path, _changed(value))
-        assert runhash.run_hash(other, "train") != base, f"changing {'.'.join(path)} kept the hash"
+        changed = runhash.run_hash(other, command) != base
+        assert changed == (path[0] in read), f"{command}: changing {'.'.join(path)}"
 
 
 def test_volatile_fields_do_not_change_the_hash():
@@ -88,7 +91,8 @@ def test_output_folder_override_keeps_the_hash(tmp_path):
     assert resolve("train", [f"paths.output_dir={tmp_path}"])[1] == resolve("train", [])[1]
 
 
-@pytest.mark.parametrize("override", ["trainer.max_epochs=3", "seed=7", "trainer=ci_fast", "trainer.budgets.time_min=5"])
+@pytest.mark.parametrize("override", ["trainer.max_epochs=3", "seed=7", "trainer=ci_fast", "trainer.budgets.time_min=5",
+                                      "model=cnn1d", "optimizer.lr=0.5"])
 def test_overrides_change_the_hash(override):
     assert resolve("train", [override])[1] != resolve("train", [])[1]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,9 +23,11 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show, validate and hash the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+kaggle_app = typer.Typer(help="Prepare the offline Kaggle notebook run.", no_args_is_help=True)
+app.add_typer(kaggle_app, name="kaggle")
 
 Overrides = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(help="Hydra overrides: group=option, key=value, +new.key=value, ~key.", show_default=False),
 ]
 
@@ -80,6 +82,8 @@ def train(
     overrides: Overrides = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, run hash, folder and budgets; "
                                           "train nothing.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Time a few real steps here, project the run's time "
+                                       "and memory against the profile's budgets; write no run.")] = False,
 ) -> None:
     """Train a model under the trainer profile's guardrails (resumes an unfinished run)."""
     from spectramind.config import runhash
@@ -92,7 +96,202 @@ def train(
         typer.echo(f"run folder: {runhash.run_dir(cfg['paths']['output_dir'], hash_)}")
         typer.echo("budgets: " + ", ".join(f"{k}={v}" for k, v in cfg["trainer"]["budgets"].items()))
         return
-    raise typer.BadParameter("training arrives with the trainer; use --dry-run")
+    from spectramind.train import run
+    from spectramind.train.distributed import from_env, under_launcher
+
+    if plan:
+        from spectramind.train.plan import render
+
+        typer.echo(render(run.plan(resolve("train", overrides or [])[0])), nl=False)
+        return
+    cfg, hash_ = resolve("train", overrides or [])
+    run_dir = runhash.run_dir(cfg["paths"]["output_dir"], hash_)
+    done = run.completed(run_dir)
+    if done is not None:  # a finished run is reported and left alone
+        typer.echo(f"train: already complete, {run.summary_line(done)} in {run_dir}")
+        return
+    if cfg["trainer"]["devices"] > 1 and not under_launcher():
+        raise typer.Exit(run.launch(cfg["trainer"]["devices"], ["train", *(overrides or [])]))
+    if not from_env().main:  # DDP ranks > 0 train but write nothing: no snapshot, no index entry
+        run.train(cfg, run_dir, hash_)
+        return
+
+    def work(stage) -> dict:
+        summary = run.train(stage.cfg, stage.run_dir, stage.run_hash, stage.events)
+        typer.echo(f"train: {summary['status']}, {run.summary_line(summary)} in {stage.run_dir}")
+        return {"stop_reason": summary["stop_reason"], "epochs": summary["epochs"],
+                "best_metric": summary["best_metric"]["value"], "wall_time_s": summary["wall_time_s"]}
+
+    _run("train", overrides, work)
+
+
+@app.command()
+def simulate(overrides: Overrides = None) -> None:
+    """Write the simulated raw folder (competition layout, truth and oracle noise) unless it is current."""
+    def work(stage) -> dict:
+        from spectramind.data.prepare import ensure_simulated
+        from spectramind.data.simulate import read_marker
+        from spectramind.errors import ConfigError
+
+        data = stage.cfg["data"]
+        if data["name"] != "synthetic" or "simulate" not in data:
+            raise ConfigError(f"data={data['name']}: simulate writes only the synthetic set (data=synthetic)")
+        root = ensure_simulated(data, stage.cfg["seed"])
+        params = read_marker(root)
+        typer.echo(f"simulate: {params['n_train']} train + {params['n_test']} test planets in {root}")
+        return {"root": str(root)}
+
+    _run("simulate", overrides, work)
+
+
+@app.command()
+def calibrate(overrides: Overrides = None) -> None:
+    """Calibrate the raw folder into the HDF5 light-curve store (simulating it first when synthetic)."""
+    def work(stage) -> dict:
+        import json
+
+        from spectramind.data.prepare import ensure_store
+
+        store = ensure_store(stage.cfg["data"], stage.cfg["seed"])
+        summary = json.loads((store / "summary.json").read_text())
+        typer.echo(f"calibrate: {summary['visits']} visits of {summary['planets']} planets, "
+                   f"{summary['n_time']} x {summary['n_bins']} per visit -> {store}")
+        return {"store": str(store), "visits": summary["visits"]}
+
+    _run("calibrate", overrides, work)
+
+
+def _run_override(overrides: list[str] | None) -> list[str]:
+    """`run=<folder|hash|latest>` is short for `predict.run=...`."""
+    return [f"predict.{o}" if o.startswith("run=") else o for o in overrides or []]
+
+
+@app.command()
+def predict(overrides: Overrides = None) -> None:
+    """Write a validated submission.csv: `run=<run folder|hash|latest>`, or `model=fit` with no training."""
+    def work(stage) -> dict:
+        from spectramind.evaluate.predict import predict as predict_stage
+
+        cfg = stage.cfg
+        done = predict_stage(**cfg["predict"], data=cfg["data"], model=cfg["model"], seed=cfg["seed"],
+                             output_dir=cfg["paths"]["output_dir"], run_dir=stage.run_dir,
+                             events=stage.events)
+        typer.echo(f"predict: {done['planets']} planets ({done['visits']} visits) in {done['seconds']} s "
+                   f"-> {done['submission']}")
+        return {k: done[k] for k in ("submission", "planets", "visits", "seconds")}
+
+    _run("predict", _run_override(overrides), work)
+
+
+@app.command()
+def evaluate(overrides: Overrides = None) -> None:
+    """Score a labelled split: metrics.json, per_bin.csv, PNGs (and the oracle ratio on simulated data)."""
+    def work(stage) -> dict:
+        from spectramind.evaluate.evaluate import evaluate as evaluate_stage
+
+        cfg = stage.cfg
+        done = evaluate_stage(**cfg["evaluate"], predict_cfg=cfg["predict"], data=cfg["data"],
+                              model=cfg["model"], seed=cfg["seed"], output_dir=cfg["paths"]["output_dir"],
+                              run_dir=stage.run_dir, events=stage.events)
+        oracle = (f", oracle {done['oracle_score']:.4f} (ratio {done['ratio_to_oracle']:.3f})"
+                  if "oracle_score" in done else "")
+        typer.echo(f"evaluate: score {done['score']:.4f} on {done['planets']} planets{oracle}; "
+                   f"|z|<1 {done['within_1sigma']:.3f}, |z|<2 {done['within_2sigma']:.3f} "
+                   f"-> {done['metrics']}")
+        keys = ("score", "planets", "within_1sigma") + (("ratio_to_oracle",) if oracle else ())
+        return {k: done[k] for k in keys}
+
+    _run("evaluate", _run_override(overrides), work)
+
+
+@app.command()
+def doctor(
+    overrides: Overrides = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check Python, torch, GPUs, budgets, disk and data against the config; warn, never fail."""
+    import json
+
+    from spectramind.config.stage import resolve
+    from spectramind.doctor import diagnose, render
+
+    report = diagnose(resolve("doctor", overrides or [])[0])
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else render(report), nl=as_json)
+
+
+@kaggle_app.command("bundle")
+def kaggle_bundle(
+    outdir: Annotated[str, typer.Argument(help="A new folder to write the dataset and kernel into.")],
+    owner: Annotated[str, typer.Option(envvar="KAGGLE_USERNAME", show_default=False,
+                                       help="Kaggle user owning the dataset and kernel.")],
+    slug: Annotated[str, typer.Option(help="The dataset's slug.")] = "spectramind-wheels",
+    package: Annotated[list[str] | None, typer.Option(
+        show_default=False, help="A dependency to ship as a wheel (repeat; replaces the default list: "
+        "hydra-core, omegaconf, antlr4-python3-runtime, typer, annotated-doc, shellingham, xxhash).")] = None,
+    python_version: Annotated[str, typer.Option(help="Kaggle's Python, for binary wheels.")] = "3.11",
+    source: Annotated[str | None, typer.Option(help="The source checkout to build spectramind from.",
+                                                  show_default=False)] = None,
+) -> None:
+    """Write a Kaggle dataset of wheels and an offline notebook that trains and predicts."""
+    from spectramind.kaggle.bundle import DEFAULT_WHEELS, bundle
+
+    done = bundle(outdir, owner, slug, tuple(package or DEFAULT_WHEELS), python_version, source)
+    for wheel in done["wheels"]:
+        typer.echo(f"wheel: {wheel}")
+    typer.echo(f"bundle: {done['outdir']}; upload with `kaggle datasets create -p {done['outdir']}`, "
+               f"then `kaggle kernels push -p {done['outdir']}/kernel`")
+
+
+ABLATE_EPILOG = (
+    "Each point is an ordinary run (`spectramind train` then `spectramind evaluate` in a subprocess): "
+    "a complete point is not trained again and a failing point is recorded with its error line. "
+    "On a Slurm cluster, pick Hydra's submitit launcher (pip install hydra-submitit-launcher): "
+    "spectramind ablate -m optimizer.lr=1e-4,3e-4 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu "
+    "hydra.launcher.gpus_per_node=1 hydra.launcher.timeout_min=120. Exits 1 when any point failed."
+)
+
+
+@app.command(epilog=ABLATE_EPILOG)
+def ablate(
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Hydra sweep overrides: a=1,2  b=range(0,3)  c=choice(x,y)  model=glob(*); fixed key=value "
+             "overrides apply to every point; hydra/launcher=... and hydra.launcher.* set the launcher.",
+        show_default=False)] = None,
+    multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Accepted as in Hydra apps; ablate "
+                                           "always sweeps.")] = False,
+    parallel: Annotated[int, typer.Option(help="Points run at once (Hydra's joblib launcher).")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and their run hashes; "
+                                          "run nothing.")] = False,
+) -> None:
+    """Sweep overrides: train and evaluate every point, then rebuild the leaderboard."""
+    from spectramind.report.ablate import ablate as run_sweep
+    from spectramind.report.leaderboard import build, parse_overrides
+
+    points, sweep_dir = run_sweep(overrides or [], parallel=parallel, dry_run=dry_run)
+    for p in points:
+        detail = " ".join(f"{k}={v}" for k, v in parse_overrides(p.overrides).items())
+        error = f"  error: {p.error}" if p.error else ""
+        typer.echo(f"point {p.index:>3}  {p.run_hash or '-':16}  {p.status:8}  {detail}{error}")
+    if dry_run:
+        return
+    failed = sum(p.status == "failed" for p in points)
+    done = build(sweep_dir.parents[1])
+    typer.echo(f"sweep {sweep_dir}: {len(points) - failed} complete, {failed} failed")
+    typer.echo(f"leaderboard: {done['markdown']} and {done['html']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(overrides: Overrides = None) -> None:
+    """Rebuild the ablation leaderboard (Markdown, HTML, score plots) from the run folders."""
+    from spectramind.config.compose import compose
+    from spectramind.report.leaderboard import build
+
+    done = build(compose(overrides or [])["paths"]["output_dir"])
+    typer.echo(f"{done['rows']} runs: {done['markdown']} and {done['html']}")
+    for path in done["plots"]:
+        typer.echo(f"plot: {path}")
 
 
 def _run(command: str, overrides: list[str] | None, work) -> None:

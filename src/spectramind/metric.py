@@ -95,7 +95,7 @@ def oracle_score(
     fgs_sigma_true: float = FGS_SIGMA_TRUE,
     airs_sigma_true: float = AIRS_SIGMA_TRUE,
 ) -> float:
-    """The physical limit of the score: its expectation for mu ~ N(y, s_opt^2) with sigma = s_opt (E[z^2] = 1)."""
+    """The physical limit of the score: its expectation for mu ~ N(y, s_opt^2), sigma = s_opt (E[z^2] = 1)."""
     y_true = np.asarray(y_true, dtype=np.float64)
     sigma_opt = np.maximum(np.asarray(sigma_opt, dtype=np.float64), SIGMA_FLOOR)
     gll_oracle = -_HALF_LOG_2PI - np.log(sigma_opt) - 0.5
@@ -120,7 +120,8 @@ def check_submission_frame(solution: pd.DataFrame, submission: pd.DataFrame, row
     values = submission.drop(columns=[row_id])
     n_bins = solution.shape[1] - 1
     if values.shape[1] != 2 * n_bins:
-        raise DataError(f"submission: expected {2 * n_bins} value columns (2 x {n_bins}), got {values.shape[1]}")
+        raise DataError(f"submission: expected {2 * n_bins} value columns (2 x {n_bins}), "
+                        f"got {values.shape[1]}")
     for col in values.columns:
         if not pd.api.types.is_numeric_dtype(values[col]) or pd.api.types.is_bool_dtype(values[col]):
             raise DataError(f"submission: column '{col}' must be numeric, got dtype {values[col].dtype}")

@@ -59,6 +59,13 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
         GlobalHydra.instance().clear()
 
 
+def override_keys(overrides) -> tuple[str, ...]:
+    """The dotted keys that overrides set, as Hydra's parser reads them (compose has already accepted them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return tuple(o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides)))
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]

@@ -20,7 +20,17 @@ from spectramind import io
 INDEX_NAME = "run_hash_summary_v50.json"
 
 # Where outputs go and how many processes read data changes nothing about the result.
-VOLATILE = ("paths", "data.root", "data.store", "data.num_workers", "trainer.progress_bar")
+VOLATILE = ("paths", "data.root", "data.store", "data.num_workers", "trainer.progress_bar", "predict.out")
+
+# The sections each command reads: a change elsewhere (say predict.batch_size) must not make a
+# finished training run look new. Commands not listed hash the whole config.
+SECTIONS = {
+    "simulate": ("seed", "data"),
+    "calibrate": ("seed", "data"),
+    "train": ("seed", "data", "trainer", "model", "loss", "optimizer", "scheduler"),
+    "predict": ("seed", "data", "trainer", "model", "loss", "optimizer", "scheduler", "predict"),
+    "evaluate": ("seed", "data", "trainer", "model", "loss", "optimizer", "scheduler", "predict", "evaluate"),
+}
 
 
 def canonical(cfg: dict) -> str:
@@ -36,8 +46,10 @@ def canonical(cfg: dict) -> str:
 
 
 def run_hash(cfg: dict, command: str, data_fingerprint: str = "") -> str:
+    sections = SECTIONS.get(command)
+    read = cfg if sections is None else {k: v for k, v in cfg.items() if k in sections}
     h = xxhash.xxh3_64()
-    for part in (command, canonical(cfg), data_fingerprint):
+    for part in (command, canonical(read), data_fingerprint):
         h.update(part.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()

@@ -57,13 +57,21 @@ def allowed_targets(schema: Any = None) -> set[str]:
     return found
 
 
-def validate(cfg: dict) -> None:
-    """Raise ConfigError with one line (key, what was expected, what came) for the first problem."""
+def validate(cfg: dict, prefer: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError with one line (key, what was expected, what came) for the first problem.
+
+    Errors at keys named in `prefer` (the user's overrides) come first: a bad value that other keys
+    interpolate should be reported where the user typed it.
+    """
     from jsonschema import Draft202012Validator
 
     _check_targets(cfg, allowed_targets())
     validator = Draft202012Validator(root_schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    def rank(e):
+        dotted = ".".join(map(str, e.absolute_path))
+        return (dotted not in prefer, len(e.absolute_path), dotted)
+
+    errors = sorted(validator.iter_errors(cfg), key=rank)
     if errors:
         raise ConfigError(_describe(errors[0], cfg))
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spectramind.config import environment, runhash
-from spectramind.config.compose import compose
+from spectramind.config.compose import compose, override_keys
 from spectramind.config.schema import validate
 from spectramind.logs import EventLog, debug_log
 
@@ -42,7 +42,7 @@ def data_fingerprint(data: dict) -> str:
 def resolve(command: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, str]:
     """The validated config and its run hash; writes nothing."""
     cfg = compose(overrides)
-    validate(cfg)
+    validate(cfg, prefer=override_keys(overrides))
     return cfg, runhash.run_hash(cfg, command, data_fingerprint(cfg["data"]))
 
 

@@ -14,7 +14,9 @@ def closure(roots: list[str], python_version: str | None = None) -> dict[str, st
     Markers are evaluated for `python_version` ("3.12") when given, so the closure can be taken
     for a target interpreter other than the running one. Extras named in a requirement are followed.
     """
-    env = {"python_version": python_version, "python_full_version": f"{python_version}.0"} if python_version else {}
+    env = {}
+    if python_version:
+        env = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
     found: dict[str, str] = {}
     seen: set[tuple[str, frozenset]] = set()
     todo = [(Requirement(r), "") for r in roots]
@@ -29,7 +31,7 @@ def closure(roots: list[str], python_version: str | None = None) -> dict[str, st
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError as e:
-            raise RuntimeError(f"{req.name} (required as '{req}') is not installed in this environment") from e
+            raise RuntimeError(f"{req.name} (required as '{req}') is not installed here") from e
         found[name] = dist.version
         for wanted in [""] + sorted(req.extras):
             todo.extend((Requirement(r), wanted) for r in dist.requires or [] if _for_extra(r, wanted))

@@ -1,0 +1,142 @@
+"""Quality on a held-out simulated set made with another seed: fit alone, residual, cnn1d and the oracle.
+
+Trains `residual` and `cnn1d` with `spectramind train` on a simulated training set (seed 42), then
+predicts a held-out simulated set (seed 43, every planet labelled) with each model and with the physics
+fit, and scores them against the truth with the naive reference taken from the training labels. The
+oracle is the simulator's own noise limit (reference section 2). Prints one JSON object with a table:
+score, ratio to the oracle, RMSE and sigma calibration (share of |z| below 1 and 2) per model.
+
+Everything is cached under --out (stores, sidecars, runs): running it again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TRAIN_SEED, HELDOUT_SEED = 42, 43
+
+
+def data_overrides(out: Path, name: str, planets: int, test_fraction: float, workers: int) -> list[str]:
+    return [f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
+            f"data.simulate.n_train={planets}", "data.simulate.n_test=1", f"data.num_workers={workers}",
+            "data.split.val_fraction=0.15" if test_fraction == 0 else "data.split.val_fraction=0.0",
+            f"data.split.test_fraction={test_fraction}"]
+
+
+def train(model: str, out: Path, overrides: list[str], epochs: int) -> Path:
+    """`spectramind train` in a subprocess (the real code path); returns the run folder."""
+    args = [f"model={model}", f"paths.output_dir={out}", f"seed={TRAIN_SEED}", "trainer.device=cpu",
+            "trainer.precision=fp32", f"trainer.max_epochs={epochs}", "trainer.batch_size=16",
+            "trainer.accumulate_grad_batches=1", "trainer.loader.num_workers=0",
+            "trainer.loader.pin_memory=false",
+            "trainer.loader.prefetch_factor=null", "trainer.early_stopping.patience=6", *overrides]
+    cli = [sys.executable, "-m", "spectramind"]
+    done = subprocess.run([*cli, "train", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"train {model} failed:\n{done.stderr[-3000:]}")
+    hash_ = subprocess.run([*cli, "config", "hash", *args], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    return out / "runs" / hash_
+
+
+def predict(net, store: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    from spectramind.data.dataset import LightCurveDataset
+    from spectramind.evaluate.predict import combine_visits, predict_visits
+    from spectramind.models.baseline import sidecars_for
+
+    start = time.time()
+    dataset = LightCurveDataset(store, "all", sidecars=sidecars_for(net, store, device))
+    ids, mu, sigma = combine_visits(*predict_visits(net, dataset, 16, device, progress=False))
+    return ids, np.maximum(mu, 0.0), sigma, time.time() - start
+
+
+def fit_from_sidecar(store: Path, fit_config: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The physics fit's predictions, computed once as the sidecar that the residual net reads too."""
+    import h5py
+
+    from spectramind.evaluate.predict import combine_visits
+    from spectramind.models.baseline import ensure_baseline
+
+    start = time.time()
+    path = ensure_baseline(store, fit_config, progress=False)
+    with h5py.File(path) as f, h5py.File(store / "lightcurves.h5") as main:
+        keys = sorted(f["visits"])
+        ids = [int(main["visits"][k].attrs["planet_id"]) for k in keys]
+        mu = np.stack([f["visits"][k]["baseline_mu"][()] for k in keys])
+        sigma = np.stack([f["visits"][k]["baseline_sigma"][()] for k in keys])
+    ids, mu, sigma = combine_visits(ids, mu, sigma)
+    return ids, np.maximum(mu, 0.0), sigma, time.time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_quality"))
+    parser.add_argument("--train-planets", type=int, default=200)
+    parser.add_argument("--test-planets", type=int, default=200)
+    parser.add_argument("--residual-epochs", type=int, default=40)
+    parser.add_argument("--cnn-epochs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--models", default="fit,residual,cnn1d")
+    args = parser.parse_args()
+
+    from spectramind.config.compose import compose
+    from spectramind.data.prepare import ensure_store
+    from spectramind.data.store import read_store_attrs
+    from spectramind.evaluate.evaluate import load_truth, score_report
+    from spectramind.evaluate.predict import load_model
+    from spectramind.metric import naive_stats
+
+    timings = {}
+    start = time.time()
+    train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers)
+    heldout_data = data_overrides(args.out, "heldout", args.test_planets, 1.0, args.workers)
+    heldout_cfg = compose([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}"])
+    store = ensure_store(heldout_cfg["data"], HELDOUT_SEED, progress=False)
+    timings["heldout_data_s"] = round(time.time() - start, 1)
+    attrs = read_store_attrs(store)
+    raw = Path(heldout_cfg["data"]["root"])
+    t0 = time.time()
+    train_cfg = compose([*train_data, f"seed={TRAIN_SEED}", f"paths.output_dir={args.out}"])
+    ensure_store(train_cfg["data"], TRAIN_SEED, progress=False)  # `spectramind train` then finds it
+    timings["train_data_s"] = round(time.time() - t0, 1)
+    train_raw = Path(train_cfg["data"]["root"])
+    fit_config = {"n_bins": attrs["n_bins"], **compose(["model=residual"])["model"]["fit"]}
+
+    rows, models = {}, args.models.split(",")
+    for name in models:
+        t0 = time.time()
+        if name == "fit":
+            ids, mu, sigma, seconds = fit_from_sidecar(store, fit_config)
+        else:
+            epochs = args.residual_epochs if name == "residual" else args.cnn_epochs
+            run = train(name, args.out, train_data, epochs)
+            net, _ = load_model({}, str(run), args.out, attrs)
+            timings[f"{name}_train_s"] = round(time.time() - t0, 1)
+            ids, mu, sigma, seconds = predict(net, store)
+        timings[f"{name}_predict_s"] = round(seconds, 1)
+        y, _, _, sigma_opt = load_truth(raw, ids)
+        naive_mean, naive_sigma = naive_stats(pd.read_csv(train_raw / "train.csv").set_index("planet_id"))
+        metrics, _ = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
+        rows[name] = {k: round(metrics[k], 4) for k in ("score", "ratio_to_oracle", "rmse", "within_1sigma",
+                                                         "within_2sigma", "within_1sigma_fgs1")}
+        rows.setdefault("oracle", {"score": round(metrics["oracle_score"], 4), "ratio_to_oracle": 1.0})
+        print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
+
+    report = {"heldout_planets": len(ids), "train_planets": args.train_planets, "heldout_seed": HELDOUT_SEED,
+              "train_seed": TRAIN_SEED, "time_bins": attrs["n_time"], "table": rows, "timings_s": timings,
+              "goal": "residual >= 0.9 x oracle and above fit",
+              "goal_met": ("residual" in rows and "fit" in rows and rows["residual"]["ratio_to_oracle"] >= 0.9
+                           and rows["residual"]["score"] > rows["fit"]["score"])}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""`spectramind predict`: a model (from a training run, or the physics fit with none) over a split of the
+calibrated store, visits combined per planet, written as a validated submission.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spectramind import io
+from spectramind.config import runhash
+from spectramind.errors import ConfigError, DataError
+from spectramind.evaluate import submission
+
+FIT_TARGET = "spectramind.models.fit.PhysicsFit"
+
+
+def combine_visits(planet_ids, mu, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per planet from per-visit rows: the inverse-variance mean, and an honest sigma.
+
+    Visits that disagree more than their sigmas allow widen the result two ways: the planet's sigma is
+    scaled by sqrt(reduced chi^2) over all bins when that exceeds 1 (Birge ratio), and no bin's sigma
+    falls below the weighted spread of its visits' values. Planets keep the order of first appearance.
+    """
+    planet_ids = np.asarray(planet_ids)
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    ids, first, inverse = np.unique(planet_ids, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    inverse = np.argsort(order)[inverse]                      # planet index per row, in first-seen order
+    n = len(ids)
+    w = sigma**-2.0
+    sum_w = np.zeros((n, mu.shape[1]))
+    np.add.at(sum_w, inverse, w)
+    mean = np.zeros_like(sum_w)
+    np.add.at(mean, inverse, w * mu)
+    mean /= sum_w
+    spread2 = np.zeros_like(sum_w)
+    np.add.at(spread2, inverse, w * (mu - mean[inverse]) ** 2)   # sum of squared z over visits
+    visits = np.bincount(inverse, minlength=n)[:, None]
+    birge = np.where(visits > 1, spread2.sum(1, keepdims=True) / np.maximum(visits - 1, 1) / mu.shape[1], 1.0)
+    combined = sum_w**-0.5 * np.sqrt(np.maximum(birge, 1.0))
+    combined = np.maximum(combined, np.sqrt(spread2 / sum_w))
+    return ids[order], mean, combined
+
+
+def resolve_run(run: str, output_dir: str | Path) -> Path:
+    """A training run's folder from a folder path, a run hash, or `latest` (the newest complete train run)."""
+    if run == "latest":
+        index_path = Path(output_dir) / runhash.INDEX_NAME
+        index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
+        done = [(entry.get("updated", ""), h) for h, entry in index.items()
+                if entry.get("command") == "train" and entry.get("status") == "complete"]
+        if not done:
+            raise ConfigError(f"predict.run=latest: no complete train run in {index_path}")
+        return runhash.run_dir(output_dir, max(done)[1])
+    folder = Path(run) if Path(run).is_dir() else runhash.run_dir(output_dir, run)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"predict.run: {run!r} is neither a run folder nor a run hash under "
+                          f"{output_dir}/runs")
+    return folder
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise DataError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt; train this run first")
+
+
+def build_model(model_cfg: dict, attrs: dict, state: dict | None = None) -> torch.nn.Module:
+    """Instantiate the model section (setup code: the one place predict uses Hydra) and load weights."""
+    from hydra.utils import instantiate
+
+    n_star = attrs.get("n_star", len(attrs["star_columns"]))
+    model = instantiate(model_cfg, n_time=attrs["n_time"], n_bins=attrs["n_bins"], n_star=n_star)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def require_run(model: dict, run: str | None) -> None:
+    if run is None and model.get("_target_") != FIT_TARGET:
+        raise ConfigError(f"predict.run: required for model {model.get('_target_')} (a run folder, a run "
+                          "hash or 'latest'); only model=fit predicts without training")
+
+
+def load_model(model: dict, run: str | None, output_dir: str | Path,
+               attrs: dict) -> tuple[torch.nn.Module, dict]:
+    """The model to predict with and where it came from: a run's checkpoint (its own model section wins
+    over the current config), or the physics fit, which needs no run."""
+    from spectramind.train import checkpoint
+
+    require_run(model, run)
+    if run is None:
+        return build_model(model, attrs), {"model": FIT_TARGET, "run": None}
+    folder = resolve_run(run, output_dir)
+    import yaml
+
+    trained = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["model"]
+    ckpt = checkpoint_path(folder)
+    source = {"model": trained["_target_"], "run": str(folder), "checkpoint": str(ckpt)}
+    return build_model(trained, attrs, checkpoint.load(ckpt)), source
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("predict.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def predict_visits(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str,
+                   progress: bool = True):
+    """Per-visit (planet_ids, mu, sigma) as numpy arrays, in the dataset's order."""
+    from torch.utils.data import DataLoader
+
+    from spectramind.data.parallel import bar
+
+    model = model.to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    ids, mus, sigmas = [], [], []
+    with bar("predict", len(dataset), enabled=progress) as advance:
+        for batch in loader:
+            tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v) and k != "planet_id"}
+            mu, sigma = model(tensors)
+            ids.append(np.asarray(batch["planet_id"]))
+            mus.append(mu.float().cpu().numpy())
+            sigmas.append(sigma.float().cpu().numpy())
+            for _ in range(len(mu)):
+                advance()
+    if not ids:
+        raise DataError("predict: the selected split holds no visits")
+    return np.concatenate(ids), np.concatenate(mus), np.concatenate(sigmas)
+
+
+def predict(run: str | None, split: str, out: str | None, batch_size: int, device: str, *, data: dict,
+            model: dict, seed: int, output_dir: str | Path, run_dir: Path, events=None,
+            progress: bool = True) -> dict:
+    """Write `out` for the planets of `split`; returns a summary.
+
+    Outputs go to the training run's folder when predicting from a run (where `evaluate` and the
+    ablation leaderboard look for them), else to this stage's `run_dir`; `out` moves submission.csv.
+    """
+    from spectramind.data.dataset import LightCurveDataset, read_store_attrs
+    from spectramind.data.prepare import ensure_store
+    from spectramind.models.baseline import sidecars_for
+
+    start = time.time()
+    require_run(model, run)  # before the store is built: fail at start-up
+    store = ensure_store(data, seed)
+    attrs = read_store_attrs(store)
+    net, source = load_model(model, run, output_dir, attrs)
+    dev = pick_device(device)
+    dataset = LightCurveDataset(store, split, sidecars=sidecars_for(net, store, dev))
+    ids, mu, sigma = combine_visits(*predict_visits(net, dataset, batch_size, dev, progress))
+    negative = int((mu < 0).sum())
+    mu = np.maximum(mu, 0.0)  # a depth cannot be negative and the scorer rejects negative values
+    sample = Path(data["root"]) / "sample_submission.csv"
+    columns = submission.sample_columns(sample, mu.shape[1])
+    # The test/ folder's planets are exactly the sample submission's: any other set would be rejected.
+    expected = submission.sample_ids(sample) if split == "predict" and sample.is_file() else None
+    folder = Path(source["run"]) if source["run"] else Path(run_dir)
+    path = submission.write(Path(out) if out else folder / "submission.csv", ids, mu, sigma,
+                            expected_ids=expected, columns=columns)
+    summary = {"submission": str(path), "folder": str(folder), "planets": len(ids), "visits": len(dataset),
+               "split": split, "mu_clipped_to_zero": negative, "seconds": round(time.time() - start, 2),
+               **source}
+    io.write_json(folder / "predict_summary.json", summary)
+    if events is not None:
+        events.emit("predict", **summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Delivery to Kaggle: the offline bundle of wheels and its notebook, and the dependency closure behind it."""

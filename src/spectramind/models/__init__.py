@@ -1,0 +1,1 @@
+"""Models of the `model/` config group: the physics baseline and the networks."""

@@ -1,0 +1,1 @@
+"""Physics shared by the simulator and the models: transit light curves and transmission spectra."""

@@ -1,0 +1,1 @@
+"""Training: the loop, its guardrails, checkpoints, the pre-run plan and multi-process launch."""

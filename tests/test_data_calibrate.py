@@ -1,0 +1,213 @@
+"""Calibration steps on crafted reads: each switch is shown to do its job (and to matter)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from spectramind.data import calibrate as cal
+from spectramind.data import instrument as ins
+from spectramind.data import simulate as sim
+from spectramind.data.ariel_format import AIRS_CROP
+
+GAIN, OFFSET = ins.ADC["gain"], ins.ADC["offset"]
+N_PAIRS = 8
+BASE = cal.Options(
+    airs_bin=2,
+    fgs1_bin=2,
+    mask_hot=False,
+    linearity=False,
+    background_rows=0,
+    cosmic_sigma=0.0,
+    fill_masked=False,
+)
+
+
+def maps_for(width, dark=0.0, beta=None):
+    shape = (32, width)
+    beta = np.full(shape, 1e-12) if beta is None else beta
+    return {
+        "dark": np.full(shape, dark),
+        "dead": np.zeros(shape, bool),
+        "flat": np.ones(shape),
+        "read": np.full(shape, 13.0),
+        "linear_corr": sim.linearity_coefficients(beta),
+    }
+
+
+def encode(charge, beta=None, offset=OFFSET, dither=True):
+    """Reads -> uint16, through the simulator's non-linearity and ADC; a +-0.5-count dither keeps the
+    rounding from biasing every pixel of a flat image the same way."""
+    measured = charge if beta is None else sim.apply_nonlinearity(charge, beta)
+    noise = np.random.default_rng(9).uniform(-0.5, 0.5, np.shape(charge)) if dither else 0.0
+    return np.clip(np.rint((measured - offset) * GAIN + noise), 0, 65535).astype(np.uint16)
+
+
+def reads_from(image, dark, dt=(0.1, 4.6), beta=None):
+    """(P, 32, W) e- per CDS -> (2P, 32, W) cumulative reads with dark current."""
+    first = image * (dt[0] / (dt[1] - dt[0])) + dark * dt[0]
+    second = first + image + dark * (dt[1] - dt[0])
+    charge = np.stack([first, second], axis=1).reshape(-1, *image.shape[1:])
+    return encode(charge, beta)
+
+
+def visit(airs_image=None, fgs_image=None, airs_maps=None, fgs_maps=None, beta=None):
+    airs_image = np.full((N_PAIRS, 32, 356), 100.0) if airs_image is None else airs_image
+    fgs_image = np.full((N_PAIRS, 32, 32), 100.0) if fgs_image is None else fgs_image
+    airs_maps = airs_maps or maps_for(356)
+    fgs_maps = fgs_maps or maps_for(32)
+    raw = {
+        "AIRS-CH0": reads_from(airs_image, airs_maps["dark"], beta=beta),
+        "FGS1": reads_from(fgs_image, fgs_maps["dark"], dt=(0.1, 0.2)),
+    }
+    adc = {
+        "AIRS-CH0_adc_gain": GAIN,
+        "AIRS-CH0_adc_offset": OFFSET,
+        "FGS1_adc_gain": GAIN,
+        "FGS1_adc_offset": OFFSET,
+    }
+    axis = {"AIRS-CH0-axis0-h": np.repeat(np.arange(N_PAIRS) * 0.1, 2) + np.tile([0, 1e-5], N_PAIRS)}
+    return raw, {"AIRS-CH0": airs_maps, "FGS1": fgs_maps}, adc, axis
+
+
+def run(v, **changes):
+    return cal.calibrate_visit(*v, dataclasses.replace(BASE, **changes))
+
+
+def test_adc_decode_round_trips_within_one_count():
+    electrons = np.random.default_rng(0).uniform(0, 1.4e5, (4, 32, 32))
+    decoded = encode(electrons, dither=False).astype(np.float64) / GAIN + OFFSET
+    assert np.abs(decoded - electrons).max() <= 0.5 / GAIN + 1e-9
+
+
+def test_linearity_correction_undoes_the_simulated_non_linearity():
+    beta = np.random.default_rng(1).uniform(0.7, 1.3, (32, 356)) * ins.NONLINEARITY_BETA
+    coef = sim.linearity_coefficients(beta)
+    q = np.random.default_rng(2).uniform(0, 1.2e5, (5, 32, 356))
+    measured = sim.apply_nonlinearity(q, beta)
+    corrected = cal.horner(coef, measured)
+    assert np.abs(corrected - q).max() < 0.05  # e-, against up to ~100 e- of non-linearity
+    assert np.abs(measured - q).max() > 50
+
+
+def test_output_layout_fgs1_first_then_airs_in_target_order():
+    image = np.full((N_PAIRS, 32, 356), 50.0)
+    image[:, 15, 320] = 5000.0  # detector column 320 is target wl_2 (column 322 - k)
+    image[:, 15, 39] = 9000.0  # column 39 is wl_283
+    out = run(visit(airs_image=image), airs_rows=(10, 22))
+    assert out["flux"].shape == (N_PAIRS // 2, 283)
+    per_cds = out["flux"][0] / 2
+    assert per_cds[1] == pytest.approx(5000 + 11 * 50, rel=5e-3)
+    assert per_cds[282] == pytest.approx(9000 + 11 * 50, rel=5e-3)
+    assert per_cds[0] == pytest.approx(100 * 144, rel=5e-3)
+    assert np.all(np.abs(per_cds[2:282] - 12 * 50) < 12)  # FGS1 box 12 x 12 pixels of 100 e-
+
+
+def test_switch_linearity_and_adc_offset_sign():
+    beta = np.full((32, 356), 2 * ins.NONLINEARITY_BETA)
+    image = np.full((N_PAIRS, 32, 356), 60000.0)
+    v = visit(airs_image=image, airs_maps=maps_for(356, beta=beta), beta=beta)
+    truth = 60000.0 * 12 * 2
+    on, off = run(v, linearity=True)["flux"][0, 1], run(v, linearity=False)["flux"][0, 1]
+    assert abs(on - truth) < abs(off - truth) / 20
+    flipped = run(v, linearity=True, adc_offset_sign=-1)["flux"][0, 1]
+    assert abs(flipped - on) > 20  # the offset sign matters only through the non-linearity
+
+
+def test_switch_dark_dt_convention():
+    dark = np.full((32, 356), 10.0)
+    v = visit(airs_maps=maps_for(356, dark=dark))
+    hosts = run(v, dark_dt="hosts")["flux"][0, 1]
+    since_reset = run(v, dark_dt="since_reset")["flux"][0, 1]
+    assert hosts == pytest.approx(100 * 12 * 2, rel=5e-3)  # simulated with the hosts' convention
+    assert hosts - since_reset == pytest.approx(10 * 0.1 * 12 * 2, rel=0.05)
+
+
+def test_switch_flat_stage():
+    airs = maps_for(356, dark=np.full((32, 356), 5.0))
+    airs["flat"] = np.full((32, 356), 0.5)
+    v = visit(airs_maps=airs)
+    after = run(v, flat_stage="after_binning")["flux"][0, 1]
+    before = run(v, flat_stage="before_cds")["flux"][0, 1]
+    assert after == pytest.approx(100 / 0.5 * 12 * 2, rel=5e-3)
+    # Before CDS the dark (4.5 s x 5 e-/s per CDS) meets flat-fielded reads: off by dark * (1/flat - 1).
+    assert before - after == pytest.approx(5 * 4.5 * (1 / 0.5 - 1) * 12 * 2, rel=0.02)
+
+
+def test_switch_hot_pixel_masking_and_sigma():
+    dark = np.random.default_rng(3).normal(0.01, 0.001, (32, 356))
+    dark[15, 200] = 2.0
+    assert cal.hot_pixels(dark, 5.0)[15, 200] and cal.hot_pixels(dark, 5.0).sum() == 1
+    assert not cal.hot_pixels(dark, 5000.0).any()
+    image = np.full((N_PAIRS, 32, 356), 100.0)
+    image[:, 15, 200] = 1e5  # a pixel the dark map calls hot, in the trace
+    v = visit(airs_image=image, airs_maps=maps_for(356, dark=dark))
+    col = 321 - 200  # AIRS column 200 in target order (bins 1..282 hold columns 320..39)
+    masked = run(v, mask_hot=True)["flux"][0, col]
+    kept = run(v, mask_hot=False)["flux"][0, col]
+    assert masked == pytest.approx(100 * 11 * 2, rel=5e-3) and kept > 1e5
+    assert run(v, mask_hot=True, hot_sigma=5000.0)["flux"][0, col] == pytest.approx(kept)
+
+
+def test_switch_fill_masked_restores_the_column_flux_from_the_profile():
+    profile = np.exp(-0.5 * ((np.arange(32) - 15.5) / 1.5) ** 2)
+    image = np.broadcast_to(1e4 * profile[None, :, None], (N_PAIRS, 32, 356)).copy()
+    airs = maps_for(356)
+    airs["dead"][15, 100] = True
+    v = visit(airs_image=image, airs_maps=airs)
+    col = 321 - 100
+    truth = 1e4 * profile[10:22].sum() * 2
+    filled = run(v, fill_masked=True)["flux"][0, col]
+    dropped = run(v, fill_masked=False)["flux"][0, col]
+    assert filled == pytest.approx(truth, rel=1e-3)
+    assert dropped == pytest.approx(truth - 1e4 * profile[15] * 2, rel=1e-3)
+
+
+def test_switch_background_rows_removes_a_uniform_background():
+    image = np.full((N_PAIRS, 32, 356), 40.0)
+    image[:, 14:18, :] += 1000.0
+    v = visit(airs_image=image)
+    with_bg = run(v, background_rows=4, airs_rows=(10, 22))["flux"][0, 1]
+    without = run(v, background_rows=0, airs_rows=(10, 22))["flux"][0, 1]
+    assert with_bg == pytest.approx(4 * 1000 * 2, rel=5e-3)
+    assert without == pytest.approx((4 * 1000 + 12 * 40) * 2, rel=5e-3)
+
+
+def test_switch_cosmic_sigma_rejects_a_hit_but_keeps_a_transit():
+    rng = np.random.default_rng(4)
+    n = 40
+    level = 10000.0 * np.r_[np.ones(15), np.full(10, 0.98), np.ones(15)]  # a 2 % dip over 10 frames
+    image = level[:, None, None] + rng.normal(0, 100, (n, 32, 356))
+    image[22, 15, 150] += 8000.0
+    cds = image.astype(np.float32)
+    read = np.full((32, 356), 13.0)
+    cleaned = cal.reject_cosmic_rays(cds.copy(), read, 5.0)
+    assert abs(cleaned[22, 15, 150] - level[22]) < 500
+    changed = np.argwhere(cleaned != cds)
+    assert len(changed) < 20  # the hit, and a handful of >5-sigma noise values at most
+    assert np.allclose(cleaned.mean((1, 2)), cds.mean((1, 2)), atol=1.0)
+
+
+def test_switch_bin_sizes_and_extraction_windows():
+    v = visit()
+    assert run(v, airs_bin=1, fgs1_bin=1)["flux"].shape == (N_PAIRS, 283)
+    assert run(v, airs_bin=4, fgs1_bin=4)["flux"].shape == (N_PAIRS // 4, 283)
+    narrow = run(v, airs_rows=(14, 18), fgs1_box=(14, 18))["flux"][0]
+    assert narrow[1] == pytest.approx(100 * 4 * 2, rel=2e-2) and narrow[0] == pytest.approx(
+        100 * 16 * 2, rel=2e-2
+    )
+
+
+def test_fgs1_centre_of_light_follows_the_pointing():
+    grid = np.arange(32)
+    shift = np.linspace(-0.5, 0.5, N_PAIRS)
+    gx = np.exp(-0.5 * ((grid[None, :] - 15.5 - shift[:, None]) / 2.0) ** 2)
+    gy = np.exp(-0.5 * ((grid - 15.5) / 2.0) ** 2)
+    image = 1e4 * gy[None, :, None] * gx[:, None, :]
+    out = run(visit(fgs_image=image), airs_bin=1, fgs1_bin=1)
+    assert np.corrcoef(out["jitter"][:, 0], shift)[0, 1] > 0.99
+    assert np.ptp(out["jitter"][:, 1]) < 0.05
+
+
+def test_airs_crop_keeps_the_282_target_columns():
+    assert len(range(356)[AIRS_CROP]) == 282

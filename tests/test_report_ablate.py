@@ -1,0 +1,143 @@
+"""Ablation sweeps: Hydra's expansion, run hashes, the launcher, failures recorded, the done-when sweep."""
+
+import json
+import operator
+import re
+
+import pytest
+
+from spectramind.config.stage import resolve
+from spectramind.errors import ConfigError
+from spectramind.report import ablate, launch
+from spectramind.report.ablate import SWEEP_RECORD, SWEEPS_DIR, Point, expand, split_arguments
+
+
+def test_expand_uses_hydra_grammar_and_adds_the_ablation_profile():
+    points = expand(["seed=range(1,3)", "optimizer=glob(adam*)", "trainer.max_epochs=choice(1,2)",
+                     "paths.output_dir=/x"])
+    assert len(points) == 8
+    assert all(p[0] == "trainer=ablation" and "paths.output_dir=/x" in p for p in points)
+    assert {p[2] for p in points} == {"optimizer=adam", "optimizer=adamw"}  # glob over the config group
+    assert points[0] == ["trainer=ablation", "seed=1", "optimizer=adam", "trainer.max_epochs=1",
+                         "paths.output_dir=/x"]
+    assert expand(["trainer=ci_fast", "seed=1,2"]) == [["trainer=ci_fast", "seed=1"],
+                                                       ["trainer=ci_fast", "seed=2"]]
+
+
+def test_bad_sweep_syntax_is_a_config_error():
+    with pytest.raises(ConfigError, match="seed=range"):
+        expand(["seed=range(1,"])
+
+
+def test_launcher_overrides_are_split_from_the_sweep():
+    launcher, sweep = split_arguments(["seed=1,2", "hydra/launcher=submitit_slurm",
+                                       "hydra.launcher.partition=gpu"])
+    assert launcher == ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"]
+    assert sweep == ["seed=1,2"]
+    assert "hydra/launcher=joblib" not in launch.launcher_overrides(launcher, "/s", 2)
+    assert "hydra.launcher.n_jobs=3" in launch.launcher_overrides([], "/s", 3)
+
+
+def test_joblib_launcher_runs_every_job_in_its_own_folder(tmp_path):
+    # operator.attrgetter is importable in joblib's worker processes, unlike a function defined here.
+    done = launch.launch(operator.attrgetter("job"), [0, 3, 5], launch.launcher_overrides([], tmp_path, 2))
+    assert done == [0, 3, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "3", "5"]
+
+
+def test_unknown_launcher_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="launcher"):
+        settings = launch.launcher_overrides(["hydra/launcher=nope"], tmp_path, 1)
+        launch.launch(operator.attrgetter("job"), [0], settings)
+
+
+def test_data_is_prepared_once_per_dataset_and_shared_folders_run_serially(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_cli(args, log_file, env):
+        calls.append(args)
+        return "calibrate exited 3: no data" if "seed=3" in args else None
+
+    monkeypatch.setattr(ablate, "_cli", fake_cli)
+    same = [Point(i, [f"lr={i}"], f"h{i}", data_store="out/store", data_key="k1") for i in range(3)]
+    assert ablate.prepare_data(same, [0, 1, 2], tmp_path) is True
+    assert len(calls) == 1  # one dataset, built once before any point starts
+    seeds = [Point(i, [f"seed={i + 2}"], f"h{i}", data_store="out/store", data_key=f"k{i}") for i in range(2)]
+    assert ablate.prepare_data(seeds, [0, 1], tmp_path) is False  # two datasets, one folder: take turns
+    assert [p.status for p in seeds] == ["pending", "failed"] and seeds[1].error.endswith("no data")
+
+
+def test_dry_run_lists_points_with_their_train_run_hashes_and_writes_nothing(cli, tmp_path):
+    out = tmp_path / "out"
+    result = cli("ablate", "-m", "seed=1,2", "trainer.max_epochs=1,0", f"paths.output_dir={out}", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("point")]
+    assert len(lines) == 4
+    for line, seed, epochs in zip(lines, (1, 1, 2, 2), (1, 0, 1, 0), strict=True):
+        overrides = ["trainer=ablation", f"seed={seed}", f"trainer.max_epochs={epochs}",
+                     f"paths.output_dir={out}"]
+        if epochs:
+            assert line.split()[2] == resolve("train", overrides)[1] and "pending" in line
+        else:
+            assert line.split()[2] == "-" and "failed" in line and "max_epochs" in line
+    assert not out.exists()
+
+
+def test_refused_points_are_recorded_as_failed_and_the_sweep_goes_on(cli, tmp_path):
+    result = cli("ablate", "-m", "trainer.max_epochs=0,-1", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 1
+    assert "0 complete, 2 failed" in result.stdout
+    record = json.loads(next((tmp_path / SWEEPS_DIR).glob(f"*/{SWEEP_RECORD}")).read_text())
+    assert [p["status"] for p in record["points"]] == ["failed", "failed"]
+    board = (tmp_path / "ablation_leaderboard.md").read_text()
+    assert len(re.findall(r"^\| \d", board, re.M)) == 2 and "expected a value >= 1" in board
+
+
+@pytest.mark.slow
+def test_a_point_that_crashes_is_recorded_with_its_error_line(cli, tmp_path):
+    """Point 0 is refused by the schema (no run folder); point 1 starts and fails on missing data."""
+    result = cli("ablate", "-m", "trainer=ci_fast", "trainer.max_epochs=0,1", "data=kaggle",
+                 f"data.root={tmp_path / 'no-such-data'}", f"paths.output_dir={tmp_path}", timeout=600)
+    assert result.returncode == 1 and "0 complete, 2 failed" in result.stdout
+    rows = _table((tmp_path / "ablation_leaderboard.md").read_text())
+    crashed = next(r for r in rows if r[1].startswith("["))
+    assert crashed[2] == "failed" and "no-such-data" in crashed[-1]
+    assert "(no folder)" in next(r for r in rows if r is not crashed)[1]
+
+
+def _table(board: str) -> list[list[str]]:
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in board.splitlines()
+            if re.match(r"^\| \d", line)]
+
+
+@pytest.mark.slow
+def test_four_point_ci_fast_sweep_then_rerun_trains_nothing(cli, tmp_path):
+    """The issue's done-when: 4 runs finish, 4 rows in score order, the same sweep again trains nothing."""
+    # Parameters that leave the data alone: the points share one simulated set, built once up front.
+    sweep = ["ablate", "-m", "trainer=ci_fast", "optimizer.lr=1e-3,3e-3", "optimizer.weight_decay=0,0.01",
+             f"paths.output_dir={tmp_path}", "--parallel", "2"]
+    first = cli(*sweep, timeout=1800)
+    assert first.returncode == 0, first.stdout + first.stderr
+    summaries = sorted((tmp_path / "runs").glob("*/summary.json"))
+    assert len(summaries) == 4
+    assert all(json.loads(p.read_text())["status"] == "complete" for p in summaries)
+    rows = _table((tmp_path / "ablation_leaderboard.md").read_text())
+    assert len(rows) == 4
+    scores = [float(r[3]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and rows[0][0].endswith("★")
+    assert len(list((tmp_path / "diagnostics" / "ablation").glob("score_vs_*.png"))) == 2
+
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    again = cli(*sweep, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count(" complete ") == 4 and "Launching jobs" not in again.stdout + again.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no run folder file was touched
+
+
+def test_submitit_local_launcher_drives_the_same_jobs(tmp_path):
+    """submitit_local is submitit_slurm's code path without Slurm: the jobs are pickled and run elsewhere."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    settings = launch.launcher_overrides(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=2"],
+                                         tmp_path, 1)
+    assert launch.launch(operator.attrgetter("job"), [1, 2], settings) == [1, 2]
+    assert (tmp_path / ".submitit").is_dir()

@@ -1,0 +1,79 @@
+"""`spectramind train` end to end: ci_fast from nothing, rerun, --plan, and trainer.devices=2 (all slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spectramind.config.stage import resolve
+from spectramind.train import checkpoint
+
+
+def _spectramind(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spectramind", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """One outputs folder for the module: the first train builds the synthetic store, the rest reuse it."""
+    return tmp_path_factory.mktemp("outputs")
+
+
+def _run_dir(outputs, *overrides: str):
+    cfg, hash_ = resolve("train", [f"paths.output_dir={outputs}", *overrides])
+    return outputs / "runs" / hash_
+
+
+@pytest.mark.slow
+def test_ci_fast_trains_from_nothing_then_reports_complete(outputs):
+    # A fresh outputs folder: train simulates and calibrates the data first.
+    done = _spectramind("train", "trainer=ci_fast", f"paths.output_dir={outputs}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = _run_dir(outputs, "trainer=ci_fast")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["stop_reason"] == "max_epochs"
+    assert summary["epochs"] == 2
+    assert summary["best_metric"]["value"] is not None
+    assert checkpoint.load(run_dir / "checkpoints" / "best.pt")["progress"]["epoch"] >= 1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/loss" in r for r in records) and any("train/gll" in r for r in records)
+    assert (run_dir / "plots" / "loss_curves.png").is_file()
+
+    again = _spectramind("train", "trainer=ci_fast", f"paths.output_dir={outputs}")
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+@pytest.mark.slow
+def test_ci_fast_trains_end_to_end_within_60s_once_the_store_exists(outputs):
+    _spectramind("train", "trainer=ci_fast", f"paths.output_dir={outputs}", "--plan")  # builds the store
+    start = time.time()
+    done = _spectramind("train", "trainer=ci_fast", "optimizer=adam", f"paths.output_dir={outputs}")
+    elapsed = time.time() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert elapsed < 60, f"ci_fast took {elapsed:.1f} s"
+
+
+@pytest.mark.slow
+def test_plan_measures_and_projects_without_writing_a_run(outputs):
+    runs_before = sorted(p.name for p in (outputs / "runs").glob("*")) if (outputs / "runs").exists() else []
+    done = _spectramind("train", "trainer=kaggle_safe", "trainer.device=cpu", "trainer.budgets.time_min=1",
+                        "trainer.budgets.predict_reserve_min=0.5", f"paths.output_dir={outputs}", "--plan")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step time" in done.stdout and "peak host" in done.stdout
+    assert "does NOT fit" in done.stdout and "trainer.max_epochs=" in done.stdout
+    runs_after = sorted(p.name for p in (outputs / "runs").glob("*")) if (outputs / "runs").exists() else []
+    assert runs_after == runs_before
+
+
+@pytest.mark.slow
+def test_devices_2_launches_two_ddp_processes_itself(outputs):
+    overrides = ["trainer=ci_fast", "trainer.devices=2", f"paths.output_dir={outputs}"]
+    done = _spectramind("train", *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((_run_dir(outputs, *overrides[:2]) / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "complete"
