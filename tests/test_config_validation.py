@@ -2,8 +2,8 @@
 
 import pytest
 
-from spectramind.config.schema import allowed_targets, validate
 from spectramind.config.compose import compose
+from spectramind.config.schema import allowed_targets, validate
 from spectramind.errors import ConfigError
 
 

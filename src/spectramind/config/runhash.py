@@ -20,7 +20,8 @@ from spectramind import io
 INDEX_NAME = "run_hash_summary_v50.json"
 
 # Where outputs go and how many processes read data changes nothing about the result.
-VOLATILE = ("paths", "data.root", "data.store", "data.num_workers", "trainer.progress_bar", "predict.out")
+VOLATILE = ("paths", "data.root", "data.store", "data.num_workers", "trainer.progress_bar", "predict.out",
+            "evaluate.out_dir")
 
 # The sections each command reads: a change elsewhere (say predict.batch_size) must not make a
 # finished training run look new. Commands not listed hash the whole config.

@@ -100,7 +100,8 @@ def _describe(error, cfg: dict) -> str:
         extra = sorted(set(value) - set(schema.get("properties", {})))[0]
         key = f"{path}.{extra}" if path else extra
         hint = nearest(key, leaf_keys(_known_keys(schema, path)) or [])
-        suggestion = f"did you mean '{hint}'?" if hint else f"expected one of: {', '.join(sorted(schema.get('properties', {})))}"
+        valid = ", ".join(sorted(schema.get("properties", {})))
+        suggestion = f"did you mean '{hint}'?" if hint else f"expected one of: {valid}"
         return f"{key}: unknown key ({suggestion})"
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
@@ -118,6 +119,7 @@ def _describe(error, cfg: dict) -> str:
         "minItems": lambda: f"a list of at least {schema['minItems']} items",
         "maxItems": lambda: f"a list of at most {schema['maxItems']} items",
         "pattern": lambda: f"a string matching {schema['pattern']}",
+        "multipleOf": lambda: f"a multiple of {schema['multipleOf']}",
     }.get(kind, lambda: error.message)()
     return f"{where}: expected {expected}, got {value!r}"
 

@@ -70,13 +70,15 @@ def load_truth(root: str | Path, ids) -> tuple[np.ndarray, float, float, np.ndar
     return y, naive_mean, naive_sigma, sigma_opt
 
 
-def evaluate(split: str, plot_planets: int, *, predict_cfg: dict, data: dict, model: dict, seed: int,
-             output_dir: str | Path, run_dir: Path, events=None, progress: bool = True) -> dict:
-    """Predict `split`, score it, and write metrics.json, per_bin.csv and the PNGs beside the submission
-    (the training run's folder when predicting from a run, else this stage's `run_dir`)."""
+def evaluate(split: str, plot_planets: int, out_dir: str | None, *, predict_cfg: dict, data: dict, model: dict,
+             seed: int, output_dir: str | Path, run_dir: Path, events=None, progress: bool = True) -> dict:
+    """Predict `split`, score it, and write metrics.json, per_bin.csv and the PNGs beside the submission:
+    in `out_dir` when given, else the training run's folder when predicting from a run, else this
+    stage's `run_dir`."""
     from spectramind.evaluate.predict import predict
 
-    pred = predict(predict_cfg["run"], split, None, predict_cfg["batch_size"], predict_cfg["device"],
+    out = str(Path(out_dir) / "submission.csv") if out_dir else None
+    pred = predict(predict_cfg["run"], split, out, predict_cfg["batch_size"], predict_cfg["device"],
                    data=data, model=model, seed=seed, output_dir=output_dir, run_dir=run_dir, events=events,
                    progress=progress)
     frame = submission.read(pred["submission"])

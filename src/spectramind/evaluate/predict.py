@@ -48,15 +48,16 @@ def combine_visits(planet_ids, mu, sigma) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def resolve_run(run: str, output_dir: str | Path) -> Path:
-    """A training run's folder from a folder path, a run hash, or `latest` (the newest complete train run)."""
-    if run == "latest":
-        index_path = Path(output_dir) / runhash.INDEX_NAME
+    """A training run's folder from a folder path, a run hash, `latest` (the newest complete train run
+    under `output_dir`), or an outputs root holding a run index (its newest complete train run)."""
+    if run == "latest" or (Path(run) / runhash.INDEX_NAME).is_file():
+        index_path = Path(output_dir if run == "latest" else run) / runhash.INDEX_NAME
         index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
         done = [(entry.get("updated", ""), h) for h, entry in index.items()
                 if entry.get("command") == "train" and entry.get("status") == "complete"]
         if not done:
             raise ConfigError(f"predict.run=latest: no complete train run in {index_path}")
-        return runhash.run_dir(output_dir, max(done)[1])
+        return runhash.run_dir(index_path.parent, max(done)[1])
     folder = Path(run) if Path(run).is_dir() else runhash.run_dir(output_dir, run)
     if not (folder / "config.yaml").is_file():
         raise ConfigError(f"predict.run: {run!r} is neither a run folder nor a run hash under "
@@ -145,7 +146,8 @@ def predict(run: str | None, split: str, out: str | None, batch_size: int, devic
     """Write `out` for the planets of `split`; returns a summary.
 
     Outputs go to the training run's folder when predicting from a run (where `evaluate` and the
-    ablation leaderboard look for them), else to this stage's `run_dir`; `out` moves submission.csv.
+    ablation leaderboard look for them), else to this stage's `run_dir`; `out` moves submission.csv and
+    predict_summary.json.
     """
     from spectramind.data.dataset import LightCurveDataset, read_store_attrs
     from spectramind.data.prepare import ensure_store
@@ -165,7 +167,8 @@ def predict(run: str | None, split: str, out: str | None, batch_size: int, devic
     columns = submission.sample_columns(sample, mu.shape[1])
     # The test/ folder's planets are exactly the sample submission's: any other set would be rejected.
     expected = submission.sample_ids(sample) if split == "predict" and sample.is_file() else None
-    folder = Path(source["run"]) if source["run"] else Path(run_dir)
+    # An explicit `out` keeps every file of this stage beside it (a DVC stage's fixed output folder).
+    folder = Path(out).parent if out else Path(source["run"]) if source["run"] else Path(run_dir)
     path = submission.write(Path(out) if out else folder / "submission.csv", ids, mu, sigma,
                             expected_ids=expected, columns=columns)
     summary = {"submission": str(path), "folder": str(folder), "planets": len(ids), "visits": len(dataset),

@@ -24,11 +24,12 @@ _INPUTS = ("flux", "flux_err", "time", "jitter", "star")
 
 
 def sidecar_path(store: str | Path, fit_config: dict) -> Path:
+    """Beside the store, not inside it: the store is the calibrate stage's output and stays as written."""
     h5 = Path(store) / H5_NAME
     stat = h5.stat()
     key = xxhash.xxh3_64(json.dumps({"fit": fit_config, "store": [stat.st_size, stat.st_mtime_ns]},
                                     sort_keys=True).encode()).hexdigest()
-    return Path(store) / f"baseline_{key}.h5"
+    return Path(f"{Path(store)}.baseline") / f"baseline_{key}.h5"
 
 
 def ensure_baseline(store: str | Path, fit_config: dict, device: torch.device | str = "cpu",
