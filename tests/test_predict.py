@@ -35,6 +35,13 @@ def test_a_run_is_found_by_folder_hash_or_latest(tmp_path):
         resolve_run("cccc", tmp_path)
 
 
+def test_latest_takes_a_run_stopped_by_a_guard_and_an_outputs_root_names_its_latest(tmp_path):
+    stopped = _run_folder(tmp_path, "aaaa", status="stopped")  # e.g. the Kaggle time budget
+    _run_folder(tmp_path, "bbbb", status="started")
+    assert resolve_run("latest", tmp_path) == stopped
+    assert resolve_run(str(tmp_path), tmp_path / "elsewhere") == stopped
+
+
 def test_latest_without_a_complete_run_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no complete train run"):
         resolve_run("latest", tmp_path)

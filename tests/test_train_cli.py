@@ -49,6 +49,21 @@ def test_ci_fast_trains_from_nothing_then_reports_complete(outputs):
 
 
 @pytest.mark.slow
+def test_a_run_stopped_by_its_budget_is_indexed_as_stopped_and_resumable(outputs):
+    # The store exists (previous test); a 3 s budget counted from process start ends before max_epochs.
+    overrides = ["trainer=ci_fast", "trainer.max_epochs=50", "trainer.budgets.time_min=0.05",
+                 "trainer.budgets.predict_reserve_min=0", f"paths.output_dir={outputs}"]
+    done = _spectramind("train", *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = _run_dir(outputs, *overrides[:-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "time_budget"
+    index = json.loads((outputs / "run_hash_summary_v50.json").read_text())
+    assert index[run_dir.name]["status"] == "stopped"
+    assert index[run_dir.name]["stop_reason"] == "time_budget"
+
+
+@pytest.mark.slow
 def test_ci_fast_trains_end_to_end_within_60s_once_the_store_exists(outputs):
     _spectramind("train", "trainer=ci_fast", f"paths.output_dir={outputs}", "--plan")  # builds the store
     start = time.time()

@@ -119,7 +119,7 @@ def train(
     def work(stage) -> dict:
         summary = run.train(stage.cfg, stage.run_dir, stage.run_hash, stage.events)
         typer.echo(f"train: {summary['status']}, {run.summary_line(summary)} in {stage.run_dir}")
-        return {"stop_reason": summary["stop_reason"], "epochs": summary["epochs"],
+        return {"status": summary["status"], "stop_reason": summary["stop_reason"], "epochs": summary["epochs"],
                 "best_metric": summary["best_metric"]["value"], "wall_time_s": summary["wall_time_s"]}
 
     _run("train", overrides, work)
@@ -295,17 +295,18 @@ def report(overrides: Overrides = None) -> None:
 
 
 def _run(command: str, overrides: list[str] | None, work) -> None:
-    """Start a stage (compose, validate, snapshot), call `work(stage) -> summary dict`, record the outcome."""
+    """Start a stage (compose, validate, snapshot), call `work(stage) -> summary dict`, record the outcome
+    (the summary's `status`, "complete" by default: a training run stopped by a guard is "stopped")."""
     from spectramind.config.stage import start
 
     stage = start(command, overrides or [])
     typer.echo(f"{command}: run {stage.run_hash} in {stage.run_dir}", err=True)
     try:
-        summary = work(stage) or {}
+        summary = dict(work(stage) or {})
     except BaseException as e:
         stage.finish("failed", error=(str(e).strip().splitlines() or [type(e).__name__])[0])
         raise
-    stage.finish("complete", **summary)
+    stage.finish(summary.pop("status", "complete"), **summary)
 
 
 def _yaml(cfg: dict) -> str:

@@ -48,13 +48,14 @@ def combine_visits(planet_ids, mu, sigma) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def resolve_run(run: str, output_dir: str | Path) -> Path:
-    """A training run's folder from a folder path, a run hash, `latest` (the newest complete train run
-    under `output_dir`), or an outputs root holding a run index (its newest complete train run)."""
+    """A training run's folder from a folder path, a run hash, `latest` (the newest finished train run
+    under `output_dir`: complete, or stopped by a guard with its checkpoint), or an outputs root holding
+    a run index (its newest finished train run)."""
     if run == "latest" or (Path(run) / runhash.INDEX_NAME).is_file():
         index_path = Path(output_dir if run == "latest" else run) / runhash.INDEX_NAME
         index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
         done = [(entry.get("updated", ""), h) for h, entry in index.items()
-                if entry.get("command") == "train" and entry.get("status") == "complete"]
+                if entry.get("command") == "train" and entry.get("status") in ("complete", "stopped")]
         if not done:
             raise ConfigError(f"predict.run=latest: no complete train run in {index_path}")
         return runhash.run_dir(index_path.parent, max(done)[1])
