@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from spectramind.config.stage import resolve
 
 BIN = str(Path(sys.executable).parent)
