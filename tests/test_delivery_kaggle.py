@@ -26,7 +26,7 @@ from spectramind.kaggle.deps import closure, runtime_requirements
 
 # What the bundle assumes Kaggle's image already has (with everything these require): the premise under test.
 KAGGLE_IMAGE = ("torch", "numpy", "pandas", "pyarrow", "h5py", "matplotlib", "rich", "psutil", "PyYAML",
-                "jsonschema", "pydantic", "packaging")
+                "jsonschema", "pydantic", "packaging", "polars", "joblib", "cloudpickle")
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

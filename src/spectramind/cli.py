@@ -227,7 +227,8 @@ def kaggle_bundle(
     slug: Annotated[str, typer.Option(help="The dataset's slug.")] = "spectramind-wheels",
     package: Annotated[list[str] | None, typer.Option(
         show_default=False, help="A dependency to ship as a wheel (repeat; replaces the default list: "
-        "hydra-core, omegaconf, antlr4-python3-runtime, typer, annotated-doc, shellingham, xxhash).")] = None,
+        "hydra-core, omegaconf, antlr4-python3-runtime, hydra-joblib-launcher, typer, annotated-doc, shellingham, "
+        "xxhash).")] = None,
     python_version: Annotated[str, typer.Option(help="Kaggle's Python, for binary wheels.")] = "3.11",
     source: Annotated[str | None, typer.Option(help="The source checkout to build spectramind from.",
                                                   show_default=False)] = None,

@@ -32,8 +32,8 @@ from spectramind.errors import ConfigError, SpectraMindError
 # Our dependencies (and theirs) that Kaggle's image does not ship, or may ship too old. Kaggle's image
 # lacks hydra-core; omegaconf, antlr4 and xxhash arrive there with torchtune and datasets but are
 # bundled anyway (pip keeps an installed version that satisfies us, so an extra wheel costs nothing).
-DEFAULT_WHEELS = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "typer", "annotated-doc",
-                  "shellingham", "xxhash")
+DEFAULT_WHEELS = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "hydra-joblib-launcher", "typer",
+                  "annotated-doc", "shellingham", "xxhash")
 KAGGLE_PYTHON = "3.11"  # the interpreter of Kaggle's current image; binary wheels are fetched for it
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35); pip does not widen a --platform to older glibc tags by itself.
 KAGGLE_PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)), "manylinux2014_x86_64")
