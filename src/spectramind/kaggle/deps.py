@@ -19,9 +19,9 @@ def closure(roots: list[str], python_version: str | None = None) -> dict[str, st
         env = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
     found: dict[str, str] = {}
     seen: set[tuple[str, frozenset]] = set()
-    todo = [(Requirement(r), "") for r in roots]
-    while todo:
-        req, extra = todo.pop()
+    queue = [(Requirement(r), "") for r in roots]
+    while queue:
+        req, extra = queue.pop()
         if req.marker and not req.marker.evaluate({**env, "extra": extra}):
             continue
         name = canonicalize_name(req.name)
@@ -34,7 +34,7 @@ def closure(roots: list[str], python_version: str | None = None) -> dict[str, st
             raise RuntimeError(f"{req.name} (required as '{req}') is not installed here") from e
         found[name] = dist.version
         for wanted in [""] + sorted(req.extras):
-            todo.extend((Requirement(r), wanted) for r in dist.requires or [] if _for_extra(r, wanted))
+            queue.extend((Requirement(r), wanted) for r in dist.requires or [] if _for_extra(r, wanted))
     return dict(sorted(found.items()))
 
 

@@ -141,13 +141,13 @@ def _env(threads: int | None = None) -> dict:
     return env
 
 
-def prepare_data(points: list[Point], todo: list[int], sweep_dir: Path) -> bool:
+def prepare_data(points: list[Point], waiting: list[int], sweep_dir: Path) -> bool:
     """Simulate/calibrate each dataset the points need once, one at a time, before any point starts:
     points running at once would otherwise write the same data folder together. Returns False when two
     datasets must take turns in one folder (e.g. a swept seed re-simulates the embedded default), so the
     points cannot run in parallel."""
     stores = {}
-    for point in (points[i] for i in todo):
+    for point in (points[i] for i in waiting):
         if point.data_key in stores:
             continue
         stores[point.data_key] = point.data_store
