@@ -13,6 +13,7 @@ import torch
 
 from spectramind import io
 from spectramind.config import runhash
+from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError, DataError
 from spectramind.evaluate import submission
 
@@ -108,14 +109,6 @@ def load_model(model: dict, run: str | None, output_dir: str | Path,
     return build_model(trained, attrs, checkpoint.load(ckpt)), source
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("predict.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(device)
-
-
 @torch.no_grad()
 def predict_visits(model: torch.nn.Module, dataset, batch_size: int, device: torch.device | str,
                    progress: bool = True):
@@ -159,7 +152,7 @@ def predict(run: str | None, split: str, out: str | None, batch_size: int, devic
     store = ensure_store(data, seed)
     attrs = read_store_attrs(store)
     net, source = load_model(model, run, output_dir, attrs)
-    dev = pick_device(device)
+    dev = resolve_device(device, "predict.device")
     dataset = LightCurveDataset(store, split, sidecars=sidecars_for(net, store, dev))
     ids, mu, sigma = combine_visits(*predict_visits(net, dataset, batch_size, dev, progress))
     negative = int((mu < 0).sum())

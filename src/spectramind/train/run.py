@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 import torch
 
+from spectramind.devices import resolve_device
 from spectramind.train import distributed
 from spectramind.train.settings import TrainerConfig
-from spectramind.train.trainer import completed, fit, resolve_device
+from spectramind.train.trainer import completed, fit
 
 __all__ = ["build", "completed", "launch", "plan", "started_at", "summary_line", "train"]
 
@@ -48,9 +49,10 @@ def build(cfg: dict, dist: distributed.Dist) -> Parts:
 
     from spectramind.data.dataset import LightCurveDataset
 
+    device = resolve_device(cfg["trainer"]["device"], "trainer.device", dist.local_rank)
     for builder_turn in (True, False):
         if dist.main == builder_turn:
-            store, model, sidecars = _inputs(cfg, resolve_device(cfg["trainer"]["device"], dist))
+            store, model, sidecars = _inputs(cfg, device)
         if dist.world > 1:
             torch.distributed.barrier()
     return Parts(model=model, loss_fn=instantiate(cfg["loss"]),
@@ -83,7 +85,7 @@ def train(cfg: dict, run_dir: Path, run_hash: str, events=None) -> dict:
         return {**done, "already_complete": True}
     begin = started_at()
     dist = distributed.from_env()
-    distributed.init(dist, resolve_device(cfg["trainer"]["device"], dist))
+    distributed.init(dist, resolve_device(cfg["trainer"]["device"], "trainer.device", dist.local_rank))
     try:
         parts = build(cfg, dist)
         if events is not None and dist.main:

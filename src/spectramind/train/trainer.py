@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from spectramind import io
+from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError
 from spectramind.train import checkpoint, guards
 from spectramind.train.distributed import Dist, agree_max, all_sum
@@ -91,7 +92,7 @@ class Trainer:
         self.events = events if (events is not None and dist.main) else None
         self.session_start = time.time()
         checkpoint.seed_everything(seed + dist.rank, cfg.deterministic)
-        self.device = resolve_device(cfg.device, dist)
+        self.device = resolve_device(cfg.device, "trainer.device", dist.local_rank)
         self.amp_dtype, use_scaler = self._precision(cfg.precision)
         self.model = model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -503,12 +504,3 @@ def _mean(sums: torch.Tensor, dist: Dist) -> list[float]:
     return (sums[:-1] / sums[-1]).tolist()
 
 
-def resolve_device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("trainer.device: expected a visible CUDA GPU for 'cuda', found none; "
-                              "use trainer.device=cpu or auto")
-        return torch.device("cuda", dist.local_rank)
-    return torch.device("cpu")
