@@ -7,12 +7,12 @@ fail or behave differently than the profile intends becomes a warning; the docto
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from spectramind import io
 from spectramind.config.runhash import folder_fingerprint
 from spectramind.data.store import MANIFEST_NAME
 
@@ -89,7 +89,7 @@ def _data(data: dict) -> dict:
             found[f"{split}_planets"] = len(planets)
             found[f"{split}_planets_without_signal"] = sum(not _has_signals(p) for p in planets)
     if store.is_dir():
-        manifest = _read_json(store / MANIFEST_NAME)  # written last by calibrate: it marks a complete store
+        manifest = io.read_json(store / MANIFEST_NAME)  # written last by calibrate: it marks a complete store
         found["store_complete"] = bool(manifest)
         if manifest:
             found["store_planets"] = len(manifest.get("planets", []))
@@ -101,14 +101,6 @@ def _data(data: dict) -> dict:
 
 def _has_signals(planet: Path) -> bool:
     return all(any(planet.glob(f"{name}*.parquet")) for name in SIGNALS)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def warnings(report: dict) -> list[str]:

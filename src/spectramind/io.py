@@ -53,6 +53,16 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from `path`, or {} when the file is missing, unreadable or not an object
+    (for reports that list what is there and skip what is not)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def update_json(path: str | os.PathLike, change: Callable[[dict], None]) -> dict:
     """Read a JSON object, apply `change` in place and write it back atomically, under a lock."""
     path = Path(path)

@@ -74,13 +74,6 @@ def run_folder(output_dir: str | os.PathLike, run_hash: str) -> Path:
     return run_dir(output_dir, run_hash)
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def plan(points: list[list[str]]) -> list[Point]:
     """Resolve each point: its run hash and what is already done, or the config error that stops it."""
     from spectramind.config.stage import resolve
@@ -97,7 +90,7 @@ def plan(points: list[list[str]]) -> list[Point]:
             data = json.dumps([cfg["data"], cfg["seed"]], sort_keys=True)
             point.data_key = xxhash.xxh3_64(data.encode()).hexdigest()
             folder = run_folder(cfg["paths"]["output_dir"], point.run_hash)
-            point.trained = read_json(folder / "summary.json").get("status") == "complete"
+            point.trained = io.read_json(folder / "summary.json").get("status") == "complete"
             point.evaluated = point.trained and (folder / "metrics.json").is_file()
             point.status = "complete" if point.evaluated else "pending"
         planned.append(point)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from spectramind import io
-from spectramind.report.ablate import SWEEP_RECORD, SWEEPS_DIR, read_json
+from spectramind.report.ablate import SWEEP_RECORD, SWEEPS_DIR
 
 MARKDOWN = "ablation_leaderboard.md"
 HTML = "ablation_leaderboard.html"
@@ -61,8 +61,8 @@ def run_row(folder: Path) -> dict | None:
     if start.get("command") != "train":
         return None
     stop = next((e for e in reversed(events) if e.get("event") == "stop"), {})
-    summary = read_json(folder / "summary.json") or stop
-    metrics = read_json(folder / "metrics.json")
+    summary = io.read_json(folder / "summary.json") or stop
+    metrics = io.read_json(folder / "metrics.json")
     overrides = yaml.safe_load((folder / "overrides.yaml").read_text(encoding="utf-8")) or []
     row = {"run_hash": folder.name, "link": f"runs/{folder.name}/", "params": parse_overrides(overrides),
            "status": summary.get("status", "running"), "error": summary.get("error"),
@@ -77,7 +77,7 @@ def folderless_rows(output_dir: Path) -> list[dict]:
     """Sweep points that failed before any run folder existed (a config the schema refused)."""
     rows = {}
     for record in sorted((output_dir / SWEEPS_DIR).glob(f"*/{SWEEP_RECORD}")):
-        for point in read_json(record).get("points", []):
+        for point in io.read_json(record).get("points", []):
             hash_ = point.get("run_hash")
             if point.get("status") == "failed" and not (hash_ and (output_dir / "runs" / hash_).is_dir()):
                 params = parse_overrides(point["overrides"])
