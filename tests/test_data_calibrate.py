@@ -193,9 +193,7 @@ def test_switch_bin_sizes_and_extraction_windows():
     assert run(v, airs_bin=1, fgs1_bin=1)["flux"].shape == (N_PAIRS, 283)
     assert run(v, airs_bin=4, fgs1_bin=4)["flux"].shape == (N_PAIRS // 4, 283)
     narrow = run(v, airs_rows=(14, 18), fgs1_box=(14, 18))["flux"][0]
-    assert narrow[1] == pytest.approx(100 * 4 * 2, rel=2e-2) and narrow[0] == pytest.approx(
-        100 * 16 * 2, rel=2e-2
-    )
+    assert narrow[1] == pytest.approx(100 * 4 * 2, rel=2e-2) and narrow[0] == pytest.approx(100 * 16 * 2, rel=2e-2)
 
 
 def test_fgs1_centre_of_light_follows_the_pointing():
@@ -211,3 +209,38 @@ def test_fgs1_centre_of_light_follows_the_pointing():
 
 def test_airs_crop_keeps_the_282_target_columns():
     assert len(range(356)[AIRS_CROP]) == 282
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"background_rows": 4, "airs_rows": (8, 24)}, {"background_rows": 2, "fgs1_box": (12, 20), "mask_hot": True}],
+)
+def test_pixels_read_alone_calibrate_exactly_like_whole_frames(changes):
+    rng = np.random.default_rng(5)
+    airs_maps, fgs_maps = maps_for(356, dark=rng.uniform(0, 1, (32, 356))), maps_for(32)
+    airs_maps["dead"][9, 50] = fgs_maps["dead"][13, 13] = True
+    v = visit(
+        airs_image=rng.uniform(50, 5000, (N_PAIRS, 32, 356)),
+        fgs_image=rng.uniform(50, 5000, (N_PAIRS, 32, 32)),
+        airs_maps=airs_maps,
+        fgs_maps=fgs_maps,
+    )
+    opts = dataclasses.replace(BASE, **changes)
+    cropped = {}
+    for inst, frames in v[0].items():
+        rows, cols = cal.pixels(inst, opts)
+        cropped[inst] = frames[:, rows][:, :, cols]
+    whole, alone = cal.calibrate_visit(*v, opts), cal.calibrate_visit(cropped, *v[1:], opts)
+    assert cropped["AIRS-CH0"].shape[1:] == (
+        len(range(*opts.airs_rows)) + 2 * opts.background_rows,
+        282,
+    )
+    for key in whole:
+        assert np.array_equal(whole[key], alone[key]), key
+
+
+def test_pixels_leave_out_rows_that_feed_nothing():
+    rows, cols = cal.pixels("FGS1", dataclasses.replace(BASE, background_rows=3, fgs1_box=(10, 22)))
+    assert list(rows) == [0, 1, 2, *range(10, 22), 29, 30, 31] and list(cols) == list(range(10, 22))
+    with pytest.raises(ValueError, match="expected whole frames"):
+        cal.calibrate_visit({"AIRS-CH0": np.zeros((4, 5, 5), np.uint16), "FGS1": None}, *visit()[1:], BASE)

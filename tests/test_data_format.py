@@ -117,3 +117,26 @@ def test_missing_table_and_bad_csv_are_named(tmp_path, real_sample):
     df.to_csv(tmp_path / "train_star_info.csv", index=False)
     with pytest.raises(DataError, match="train_star_info.csv: missing columns sma"):
         af.read_star_info(tmp_path, "train")
+
+
+def test_signal_reads_only_the_pixels_asked_for(tmp_path):
+    write_tiny_visit(tmp_path / "train" / "3")
+    visit = af.list_visits(tmp_path, "train")[0]
+    whole = af.read_signal(visit, "AIRS-CH0")
+    rows, cols = np.array([0, 1, 17, 31]), np.arange(39, 321)
+    part = af.read_signal(visit, "AIRS-CH0", expect_reads=4, pixels=(rows, cols))
+    assert part.shape == (4, 4, 282)
+    assert np.array_equal(part, whole[:, rows][:, :, cols])
+
+
+def test_float_column_outside_the_pixels_read_is_still_refused(tmp_path):
+    folder = tmp_path / "train" / "5"
+    write_tiny_visit(folder)
+    values = np.full((4, 32 * 32), 7.0)
+    values[2, 1000] = np.inf  # pixel (31, 8): outside the rows and columns read below
+    pq.write_table(
+        pa.table(list(values.T), names=[f"column_{i}" for i in range(32 * 32)]), folder / "FGS1_signal_0.parquet"
+    )
+    visit = af.list_visits(tmp_path, "train")[0]
+    with pytest.raises(DataError, match="column_1000 holds NaN or inf values"):
+        af.read_signal(visit, "FGS1", pixels=(np.arange(10, 22), np.arange(10, 22)))

@@ -41,9 +41,9 @@ def _ensure_store(data: dict, seed: int, progress: bool) -> Path:
     manifest = store / st.MANIFEST_NAME
     if manifest.is_file() and (store / st.H5_NAME).is_file():
         recorded = st.read_manifest(store)
-        if recorded.get("config") == wanted and recorded.get(
-            "source_fingerprint"
-        ) == runhash.folder_fingerprint(data["root"]):
+        if recorded.get("config") == wanted and recorded.get("source_fingerprint") == runhash.folder_fingerprint(
+            data["root"]
+        ):
             return store
     calibrate_folder(
         data["root"],
@@ -61,9 +61,7 @@ def ensure_simulated(data: dict, seed: int, progress: bool = True) -> Path:
     """Simulate data["root"] unless it already holds a complete simulation with these parameters."""
     root = Path(data["root"])
     if sim.read_marker(root) != sim.marker_for(data.get("simulate", {}), seed):
-        sim.simulate(
-            root, **data.get("simulate", {}), seed=seed, num_workers=data["num_workers"], progress=progress
-        )
+        sim.simulate(root, **data.get("simulate", {}), seed=seed, num_workers=data["num_workers"], progress=progress)
     return root
 
 
@@ -89,14 +87,10 @@ def calibrate_folder(
     targets = af.read_targets(root) if (root / "train.csv").is_file() else None
     for v in visits:
         if v.planet_id not in stars[v.split].index:
-            raise DataError(
-                f"{root / f'{v.split}_star_info.csv'}: unknown planet id {v.planet_id} (folder {v.folder})"
-            )
+            raise DataError(f"{root / f'{v.split}_star_info.csv'}: unknown planet id {v.planet_id} (folder {v.folder})")
     manifest = _manifest(root, visits, targets, split, seed)
     labelled = manifest["splits"]["train"]
-    train_targets = (
-        np.array([targets.loc[p].to_numpy() for p in labelled]) if labelled else np.zeros((0, 283))
-    )
+    train_targets = np.array([targets.loc[p].to_numpy() for p in labelled]) if labelled else np.zeros((0, 283))
     star_rows = {pid: _star_row(stars[split_].loc[pid]) for split_ in stars for pid in stars[split_].index}
     train_stars = np.array([star_rows[p] for p in labelled]) if labelled else np.zeros((0, len(STAR_COLUMNS)))
     stats = st.normalisation_stats(train_targets, train_stars)
@@ -145,7 +139,7 @@ def _calibrate_one(task) -> dict:
     """Worker: read, calibrate and normalise one visit (runs in a spawned process)."""
     visit, adc, axis, opts, duration_h = task
     raw = {
-        inst: af.read_signal(visit, inst, expect_reads=len(axis[f"{inst}-axis0-h"]))
+        inst: af.read_signal(visit, inst, len(axis[f"{inst}-axis0-h"]), cal.pixels(inst, opts))
         for inst in af.INSTRUMENTS
     }
     maps = {inst: af.read_calibration(visit, inst) for inst in af.INSTRUMENTS}
