@@ -1,5 +1,8 @@
 """Bad input through the real CLI: exit code 3, one line naming the file and the problem, no store left."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,3 +85,27 @@ def test_nan_calibration_map(cli, tmp_path):
     flat[3, 4] = np.nan
     af.write_map(root / "train" / "5" / "AIRS-CH0_calibration_0" / "flat.parquet", flat)
     assert_one_line_error(calibrate(cli, tmp_path, root), "flat.parquet", "NaN or inf")
+
+
+@pytest.mark.slow
+def test_calibrate_runs_without_importing_torch(cli, tmp_path):
+    """A CPU-only data stage: torch's import (~1.5 s) would be a sixth of the default calibration."""
+    small = ["data.simulate.n_train=2", "data.simulate.n_test=0", "data.simulate.airs_reads=60"]
+    args = [*small, "data.simulate.fgs1_reads=240", "data.num_workers=0", f"paths.output_dir={tmp_path}"]
+    assert cli("simulate", *args, cwd=tmp_path).returncode == 0
+    code = (
+        "import sys\nfrom spectramind.cli import main\n"
+        f"sys.argv = ['spectramind', 'calibrate', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+    assert (tmp_path / "data" / "synthetic" / "store" / "manifest.json").is_file()
+
+
+def test_visit_shorter_than_one_time_bin(cli, tmp_path):
+    root = raw_folder(tmp_path)  # 4 reads: 2 CDS frames
+    result = cli("calibrate", "data=kaggle", f"data.root={root}", f"paths.output_dir={tmp_path}", cwd=tmp_path)
+    assert_one_line_error(result, "AIRS-CH0_signal_0.parquet: 2 CDS frames", "data.calibrate.airs_bin=30")

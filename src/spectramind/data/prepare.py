@@ -138,6 +138,12 @@ def calibrate_folder(
 def _calibrate_one(task) -> dict:
     """Worker: read, calibrate and normalise one visit (runs in a spawned process)."""
     visit, adc, axis, opts, duration_h = task
+    for inst, bin_size, key in (("AIRS-CH0", opts.airs_bin, "airs_bin"), ("FGS1", opts.fgs1_bin, "fgs1_bin")):
+        if len(axis[f"{inst}-axis0-h"]) // 2 < bin_size:
+            raise DataError(
+                f"{visit.signal(inst)}: {len(axis[f'{inst}-axis0-h']) // 2} CDS frames, fewer than one time bin "
+                f"(data.calibrate.{key}={bin_size})"
+            )
     raw = {
         inst: af.read_signal(visit, inst, len(axis[f"{inst}-axis0-h"]), cal.pixels(inst, opts))
         for inst in af.INSTRUMENTS
