@@ -135,6 +135,15 @@ def calibrate_folder(
     return summary
 
 
+def read_visit(visit: af.Visit, axis: dict, opts: cal.Options) -> tuple[dict, dict]:
+    """The reads calibration uses (only its pixels) and the calibration maps of one visit, checked."""
+    raw = {
+        inst: af.read_signal(visit, inst, len(axis[f"{inst}-axis0-h"]), cal.pixels(inst, opts))
+        for inst in af.INSTRUMENTS
+    }
+    return raw, {inst: af.read_calibration(visit, inst) for inst in af.INSTRUMENTS}
+
+
 def _calibrate_one(task) -> dict:
     """Worker: read, calibrate and normalise one visit (runs in a spawned process)."""
     visit, adc, axis, opts, duration_h = task
@@ -144,12 +153,7 @@ def _calibrate_one(task) -> dict:
                 f"{visit.signal(inst)}: {len(axis[f'{inst}-axis0-h']) // 2} CDS frames, fewer than one time bin "
                 f"(data.calibrate.{key}={bin_size})"
             )
-    raw = {
-        inst: af.read_signal(visit, inst, len(axis[f"{inst}-axis0-h"]), cal.pixels(inst, opts))
-        for inst in af.INSTRUMENTS
-    }
-    maps = {inst: af.read_calibration(visit, inst) for inst in af.INSTRUMENTS}
-    out = cal.calibrate_visit(raw, maps, adc, axis, opts)
+    out = cal.calibrate_visit(*read_visit(visit, axis, opts), adc, axis, opts)
     oot, t0 = cal.out_of_transit(out["time"], out["flux"], duration_h)
     norm = np.median(out["flux"][oot], axis=0)
     if not np.all(np.isfinite(out["flux"])) or not np.all(norm > 0):
