@@ -108,4 +108,5 @@ def test_calibrate_runs_without_importing_torch(cli, tmp_path):
 def test_visit_shorter_than_one_time_bin(cli, tmp_path):
     root = raw_folder(tmp_path)  # 4 reads: 2 CDS frames
     result = cli("calibrate", "data=kaggle", f"data.root={root}", f"paths.output_dir={tmp_path}", cwd=tmp_path)
-    assert_one_line_error(result, "AIRS-CH0_signal_0.parquet: 2 CDS frames", "data.calibrate.airs_bin=30")
+    assert_one_line_error(result, "axis_info.parquet: 2 AIRS-CH0 CDS frames per visit", "data.calibrate.airs_bin=30")
+    assert not (tmp_path / "data" / "kaggle" / "store" / "lightcurves.h5").exists()

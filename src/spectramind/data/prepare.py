@@ -83,6 +83,12 @@ def calibrate_folder(
     if not visits:
         raise DataError(f"{root}: no planet folders under train/ or test/")
     adc, axis = af.read_adc(root), af.read_axis_info(root)
+    for inst, key in (("AIRS-CH0", "airs_bin"), ("FGS1", "fgs1_bin")):
+        if len(axis[f"{inst}-axis0-h"]) // 2 < getattr(opts, key):
+            raise DataError(
+                f"{root / 'axis_info.parquet'}: {len(axis[f'{inst}-axis0-h']) // 2} {inst} CDS frames per visit, "
+                f"fewer than one time bin (data.calibrate.{key}={getattr(opts, key)})"
+            )
     stars = {s: af.read_star_info(root, s) for s in ("train", "test") if any(v.split == s for v in visits)}
     targets = af.read_targets(root) if (root / "train.csv").is_file() else None
     for v in visits:
@@ -147,12 +153,6 @@ def read_visit(visit: af.Visit, axis: dict, opts: cal.Options) -> tuple[dict, di
 def _calibrate_one(task) -> dict:
     """Worker: read, calibrate and normalise one visit (runs in a spawned process)."""
     visit, adc, axis, opts, duration_h = task
-    for inst, bin_size, key in (("AIRS-CH0", opts.airs_bin, "airs_bin"), ("FGS1", opts.fgs1_bin, "fgs1_bin")):
-        if len(axis[f"{inst}-axis0-h"]) // 2 < bin_size:
-            raise DataError(
-                f"{visit.signal(inst)}: {len(axis[f'{inst}-axis0-h']) // 2} CDS frames, fewer than one time bin "
-                f"(data.calibrate.{key}={bin_size})"
-            )
     out = cal.calibrate_visit(*read_visit(visit, axis, opts), adc, axis, opts)
     oot, t0 = cal.out_of_transit(out["time"], out["flux"], duration_h)
     norm = np.median(out["flux"][oot], axis=0)
