@@ -199,7 +199,7 @@ def project_models(output_dir: str, seconds: float, repeats: int) -> list[dict]:
     each contender's run lasts about `seconds` (the step count follows a probe of the bare step)."""
     from spectramind.config.compose import compose
     from spectramind.train.distributed import Dist
-    from spectramind.train.run import build
+    from spectramind.train.setup import build
 
     runs = []
     for model in ("residual", "cnn1d", "transformer"):

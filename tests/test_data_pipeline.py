@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from spectramind.data import ariel_format as af
-from spectramind.data import instrument as ins
 from spectramind.data.dataset import LightCurveDataset, read_store_attrs
 from spectramind.data.prepare import ensure_store
 from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
+from spectramind.physics.wavelengths import FGS1_WAVELENGTH_UM, airs_detector_wavelengths_um
 
 SEED = 7
 
@@ -64,7 +64,7 @@ def fit_depths(item, truth, t0):
     star = item["star"].double().numpy()
     ts, period, sma, inc = star[2], star[5], star[6], star[7]
     t = item["time"].double().numpy()
-    wl = np.r_[ins.FGS1_WAVELENGTH_UM, ins.airs_wavelengths()[af.AIRS_CROP][::-1]]
+    wl = np.r_[FGS1_WAVELENGTH_UM, airs_detector_wavelengths_um()[af.AIRS_CROP][::-1]]
     u1, u2 = quadratic_ld_coefficients(wl, ts)
     template = (transit_flux(t, t0, period, sma, inc, np.sqrt(truth), u1, u2).numpy() - 1) / truth[:, None]
     x = (t - t.mean()) / np.ptp(t)

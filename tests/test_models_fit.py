@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from spectramind.losses import wavelengths_um
 from spectramind.models.fit import PhysicsFit
 from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
+from spectramind.physics.wavelengths import target_wavelengths_um
 
 N = 283
 
@@ -26,7 +26,7 @@ def make_visits(b=2, t=120, noise=3e-4, seed=0, red=0.0, jitter_amp=5e-4, cosmic
     star[:, 0], star[:, 1] = 1.0, 1.0
     star[:, 2], star[:, 5] = 4500 + 2000 * rand(b), 3 + 4 * rand(b)
     star[:, 6], star[:, 7] = 6 + 10 * rand(b), 88 + 2 * rand(b)
-    wl = wavelengths_um(n)
+    wl = torch.from_numpy(target_wavelengths_um(n))
     depth = (0.01 + 0.02 * rand(b, 1)) * (1 + 0.05 * torch.sin(5 * wl + 6 * rand(b, 1)))
     u1, u2 = quadratic_ld_coefficients(wl, star[:, 2:3])
     t0 = 3.75 + 0.6 * (rand(b) - 0.5)

@@ -20,7 +20,7 @@ JOB = """
 import time, torch
 from test_train_fixtures import ToyDataset, ToyModel, adam, gll, trainer_cfg
 from spectramind.logs import EventLog
-from spectramind.train.run import started_at
+from spectramind.train.setup import started_at
 from spectramind.train.trainer import fit
 
 class Slow(ToyModel):

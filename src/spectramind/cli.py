@@ -96,29 +96,29 @@ def train(
         typer.echo(f"run folder: {runhash.run_dir(cfg['paths']['output_dir'], hash_)}")
         typer.echo("budgets: " + ", ".join(f"{k}={v}" for k, v in cfg["trainer"]["budgets"].items()))
         return
-    from spectramind.train import run
+    from spectramind.train import setup
     from spectramind.train.distributed import from_env, under_launcher
 
     if plan:
         from spectramind.train.plan import render
 
-        typer.echo(render(run.plan(resolve("train", overrides or [])[0])), nl=False)
+        typer.echo(render(setup.plan(resolve("train", overrides or [])[0])), nl=False)
         return
     cfg, hash_ = resolve("train", overrides or [])
     run_dir = runhash.run_dir(cfg["paths"]["output_dir"], hash_)
-    done = run.completed(run_dir)
+    done = setup.completed(run_dir)
     if done is not None:  # a finished run is reported and left alone
-        typer.echo(f"train: already complete, {run.summary_line(done)} in {run_dir}")
+        typer.echo(f"train: already complete, {setup.summary_line(done)} in {run_dir}")
         return
     if cfg["trainer"]["devices"] > 1 and not under_launcher():
-        raise typer.Exit(run.launch(cfg["trainer"]["devices"], ["train", *(overrides or [])]))
+        raise typer.Exit(setup.launch(cfg["trainer"]["devices"], ["train", *(overrides or [])]))
     if not from_env().main:  # DDP ranks > 0 train but write nothing: no snapshot, no index entry
-        run.train(cfg, run_dir, hash_)
+        setup.train(cfg, run_dir, hash_)
         return
 
     def work(stage) -> dict:
-        summary = run.train(stage.cfg, stage.run_dir, stage.run_hash, stage.events)
-        typer.echo(f"train: {summary['status']}, {run.summary_line(summary)} in {stage.run_dir}")
+        summary = setup.train(stage.cfg, stage.run_dir, stage.run_hash, stage.events)
+        typer.echo(f"train: {summary['status']}, {setup.summary_line(summary)} in {stage.run_dir}")
         return {"status": summary["status"], "stop_reason": summary["stop_reason"], "epochs": summary["epochs"],
                 "best_metric": summary["best_metric"]["value"], "wall_time_s": summary["wall_time_s"]}
 

@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from spectramind import io
+from spectramind import files
 from spectramind.config.runhash import folder_fingerprint
 from spectramind.data.store import MANIFEST_NAME
 
@@ -89,7 +89,7 @@ def _data(data: dict) -> dict:
             found[f"{split}_planets"] = len(planets)
             found[f"{split}_planets_without_signal"] = sum(not _has_signals(p) for p in planets)
     if store.is_dir():
-        manifest = io.read_json(store / MANIFEST_NAME)  # written last by calibrate: it marks a complete store
+        manifest = files.read_json(store / MANIFEST_NAME)  # written last by calibrate: it marks a complete store
         found["store_complete"] = bool(manifest)
         if manifest:
             found["store_planets"] = len(manifest.get("planets", []))

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from spectramind import io
+from spectramind import files
 
 DEBUG_LOG = Path("logs") / "v50_debug_log.md"
 
@@ -19,10 +19,10 @@ class EventLog:
 
     def emit(self, event: str, **fields) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields}
-        io.append_line(self.path, json.dumps(record, sort_keys=True, default=str))
+        files.append_line(self.path, json.dumps(record, sort_keys=True, default=str))
 
 
 def debug_log(output_dir: str | Path, command: str, run_hash: str, message: str) -> None:
     """One Markdown list line per command outcome, readable without tooling."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    io.append_line(Path(output_dir) / DEBUG_LOG, f"- {stamp} `{command}` run `{run_hash}`: {message}")
+    files.append_line(Path(output_dir) / DEBUG_LOG, f"- {stamp} `{command}` run `{run_hash}`: {message}")

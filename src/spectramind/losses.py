@@ -16,22 +16,11 @@ import torch
 from spectramind.errors import ConfigError
 from spectramind.metric import FGS_WEIGHT
 from spectramind.physics.spectra import MOLECULES
-
-# The AIRS target grid wl_2..wl_283 in microns is exactly quadratic in the bin index (fitted to the
-# competition's wavelengths.csv to 2e-15 um); wl_1 is FGS1 at 0.7 um.
-_AIRS_WL = (1.95176069217368, 0.008858256238602777, -6.9134721448017105e-06)
-FGS_WL_UM = 0.7
+from spectramind.physics.wavelengths import target_wavelengths_um
 
 BAND_HALF_WIDTH_LN = 0.05  # a band's half width in ln(lambda): ~0.1 um at 2 um, ~0.17 um at 3.3 um
 TERMS = ("smoothness", "fft", "nonnegativity", "asymmetry", "molecular")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def wavelengths_um(n_bins: int = 283) -> torch.Tensor:
-    """The target wavelength of each bin (FGS1 first)."""
-    k = torch.arange(n_bins - 1, dtype=torch.float64)
-    airs = _AIRS_WL[0] + _AIRS_WL[1] * k + _AIRS_WL[2] * k**2
-    return torch.cat([torch.tensor([FGS_WL_UM], dtype=torch.float64), airs])
 
 
 def band_masks(wl: torch.Tensor, flank_um: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +108,7 @@ class SpectralLoss:
 
     def _band_masks(self, device, n_bins):
         if device not in self._masks:
-            inside, flanks = band_masks(wavelengths_um(n_bins)[1:], self.band_flank_um)
+            inside, flanks = band_masks(torch.from_numpy(target_wavelengths_um(n_bins)[1:]), self.band_flank_um)
             self._masks[device] = (inside.to(device=device, dtype=torch.float32),
                                    flanks.to(device=device, dtype=torch.float32))  # mu is float32 here
         return self._masks[device]

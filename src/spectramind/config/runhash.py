@@ -15,7 +15,7 @@ from pathlib import Path
 
 import xxhash
 
-from spectramind import io
+from spectramind import files
 
 INDEX_NAME = "run_hash_summary_v50.json"
 
@@ -76,9 +76,9 @@ def snapshot(cfg: dict, overrides: list[str], command: str, hash_: str, env: dic
     import yaml
 
     folder = run_dir(cfg["paths"]["output_dir"], hash_)
-    io.write_text(folder / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
-    io.write_text(folder / "overrides.yaml", yaml.safe_dump(list(overrides)))
-    io.write_json(folder / "env.json", env)
+    files.write_text(folder / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+    files.write_text(folder / "overrides.yaml", yaml.safe_dump(list(overrides)))
+    files.write_json(folder / "env.json", env)
     index_run(cfg["paths"]["output_dir"], hash_, {"command": command, "status": "started"})
     return folder
 
@@ -90,4 +90,4 @@ def index_run(output_dir: str | os.PathLike, hash_: str, fields: dict) -> dict:
         entry.update(fields)
         entry["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-    return io.update_json(Path(output_dir) / INDEX_NAME, change)
+    return files.update_json(Path(output_dir) / INDEX_NAME, change)

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spectramind import io
+from spectramind import files
 from spectramind.errors import DataError
 
 INSTRUMENTS = ("AIRS-CH0", "FGS1")
@@ -222,12 +222,12 @@ def write_axis_info(
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
 
 
 def _write_table(path: Path, table: pa.Table, **kwargs) -> None:
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
 
 

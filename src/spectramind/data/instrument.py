@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# AIRS wavelength of detector column c (um): exactly quadratic in c / 355 on the real axis_info (max error
-# 2e-15), decreasing from 4.078 um at column 0 to 1.633 um at column 355.
-AIRS_WL_POLY = (-0.871270327048639, -1.5739400934050298, 4.078463140898871)
-FGS1_WAVELENGTH_UM = 0.7
+from spectramind.physics.wavelengths import airs_detector_wavelengths_um
 
 # Mean spatial profile of the AIRS trace (fraction of a column's electrons per row, rows 0..31): peaks on
 # rows 15-16 with a full width of ~3 rows and faint wings.
@@ -87,15 +84,10 @@ VISIT_HOURS = 7.5
 ADC = {"offset": -1000.0, "gain": 0.4369}
 
 
-def airs_wavelengths() -> np.ndarray:
-    """(356,) um, decreasing with column index."""
-    return np.polyval(AIRS_WL_POLY, np.arange(356) / 355.0)
-
-
 def airs_counts(teff_k: float) -> np.ndarray:
     """(356,) electrons per column per CDS frame, a star of temperature teff_k at the sample's brightness."""
     base = np.exp(np.polyval(AIRS_COUNTS_LOGPOLY, np.arange(356) / 355.0))
-    return base * planck_ratio(airs_wavelengths(), teff_k)
+    return base * planck_ratio(airs_detector_wavelengths_um(), teff_k)
 
 
 def planck_ratio(wavelength_um, teff_k: float) -> np.ndarray:

@@ -1,27 +1,12 @@
-"""Work over visits or planets: a spawn-started process pool and a rich progress bar."""
+"""Work over visits or planets: a spawn-started process pool, with the progress bar."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import multiprocessing
-import sys
 from collections.abc import Callable, Iterator
 
-
-@contextlib.contextmanager
-def bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[], None]]:
-    """Yield `advance()`; draws only when enabled and stderr is a TTY (logs and CI stay clean)."""
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda: progress.advance(task)
+from spectramind.progress import bar
 
 
 def imap_unordered(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spectramind import io
+from spectramind import files
 from spectramind.config import runhash
 from spectramind.data import ariel_format as af
 from spectramind.data import calibrate as cal
@@ -29,7 +29,7 @@ def ensure_store(data: dict, seed: int, progress: bool = True) -> Path:
     Held under a lock on the store folder: parallel runs (an ablation sweep) wait for one build
     instead of writing the same folders at once.
     """
-    with io.locked(Path(data["store"])):
+    with files.locked(Path(data["store"])):
         return _ensure_store(data, seed, progress)
 
 
@@ -135,9 +135,9 @@ def calibrate_folder(
         "seconds": round(seconds, 3),
         "seconds_per_visit": round(seconds / len(visits), 4),
     }
-    io.write_json(store / st.SUMMARY_NAME, summary)
+    files.write_json(store / st.SUMMARY_NAME, summary)
     manifest["config"] = _store_config({"calibrate": calibrate, "split": split}, seed)
-    io.write_json(store / st.MANIFEST_NAME, manifest)  # last: its presence marks a complete store
+    files.write_json(store / st.MANIFEST_NAME, manifest)  # last: its presence marks a complete store
     return summary
 
 

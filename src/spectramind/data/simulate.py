@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectramind import io
+from spectramind import files
 from spectramind.data import ariel_format as af
 from spectramind.data import instrument as ins
 from spectramind.data.parallel import imap_unordered
 from spectramind.physics import spectra
+from spectramind.physics.wavelengths import FGS1_WAVELENGTH_UM, airs_detector_wavelengths_um
 
 SCHEMA_VERSION = 1
 MARKER = "simulation.json"  # written last: its presence and content say the folder is complete and current
@@ -91,7 +92,7 @@ def simulate(
         results[i] = result
     shutil.rmtree(building / ".detector")
     _write_tables(building, planets, results, airs_reads, fgs1_reads)
-    io.write_json(building / MARKER, params)
+    files.write_json(building / MARKER, params)
     if root.exists():
         shutil.rmtree(root)
     building.rename(root)
@@ -134,8 +135,8 @@ def _draw_planet(
         if 4.0 <= sma <= 21.0 and duration_h < 5.5:
             break
     atmosphere = spectra.random_atmosphere(rng, rp)
-    wl_cols = ins.airs_wavelengths()
-    depth = spectra.transmission_spectrum(np.r_[ins.FGS1_WAVELENGTH_UM, wl_cols], rp, **atmosphere)
+    wl_cols = airs_detector_wavelengths_um()
+    depth = spectra.transmission_spectrum(np.r_[FGS1_WAVELENGTH_UM, wl_cols], rp, **atmosphere)
     n_visits = 2 if rng.random() < two_visit_fraction else 1
     visits = [
         {
@@ -201,7 +202,7 @@ def _instrument_visit(rng, instrument: str, planet: dict, visit: dict, maps: dic
     w = af.WIDTH[instrument]
     t_even, t_odd = pair_times_h(n_pairs)
     t_mid = 0.5 * (t_even + t_odd)
-    wl = ins.airs_wavelengths() if instrument == "AIRS-CH0" else np.array([ins.FGS1_WAVELENGTH_UM])
+    wl = airs_detector_wavelengths_um() if instrument == "AIRS-CH0" else np.array([FGS1_WAVELENGTH_UM])
     depth = planet["depth"][1:] if instrument == "AIRS-CH0" else planet["depth"][:1]
     _, _, ts, _, _, period, sma, inc = planet["star"]
     u1, u2 = quadratic_ld_coefficients(wl, ts)
@@ -219,7 +220,7 @@ def _instrument_visit(rng, instrument: str, planet: dict, visit: dict, maps: dic
         psf = profile[None, :, None] + jitter[:, 1, None, None] * -np.gradient(profile)[None, :, None]
         image = psf * (counts * light)[:, None, :] + background  # (P, 32, W) e- per CDS before the flat
     else:
-        counts = ins.FGS1_COUNTS * visit["brightness"] * ins.planck_ratio(ins.FGS1_WAVELENGTH_UM, ts)
+        counts = ins.FGS1_COUNTS * visit["brightness"] * ins.planck_ratio(FGS1_WAVELENGTH_UM, ts)
         background = np.full(1, ins.FGS1_BACKGROUND)
         psf = _fgs1_psf(jitter)
         image = psf * (counts * light[:, 0])[:, None, None] + background
@@ -320,7 +321,7 @@ def _read_out(rng, image: np.ndarray, maps: dict, beta: np.ndarray, instrument: 
 
 def _write_tables(building: Path, planets: list[dict], results: list[dict], airs_reads: int, fgs1_reads: int):
     """The competition's CSV and axis files plus the simulator's own truth and noise files."""
-    wl = ins.airs_wavelengths()
+    wl = airs_detector_wavelengths_um()
     airs_even, airs_odd = pair_times_h(airs_reads // 2)
     fgs_even, fgs_odd = pair_times_h(fgs1_reads // 2)
     af.write_axis_info(
@@ -343,7 +344,7 @@ def _write_tables(building: Path, planets: list[dict], results: list[dict], airs
             ]
         ),
     )
-    target_wl = np.r_[ins.FGS1_WAVELENGTH_UM, wl[af.AIRS_CROP][::-1]]
+    target_wl = np.r_[FGS1_WAVELENGTH_UM, wl[af.AIRS_CROP][::-1]]
     af.write_csv(building / "wavelengths.csv", pd.DataFrame([target_wl], columns=af.TARGET_COLUMNS))
 
     def table(rows, columns):

@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from spectramind import io
+from spectramind import files
 from spectramind.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -42,7 +42,7 @@ def visit_key(planet_id: int, visit: int) -> str:
 def writer(store: str | Path, attrs: dict) -> Iterator[callable]:
     """Yield `add(planet_id, visit, arrays, group_attrs)`; the file appears only if the block completes."""
     path = Path(store) / H5_NAME
-    with io.atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with files.atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         visits = f.create_group("visits")
         shapes = set()
 

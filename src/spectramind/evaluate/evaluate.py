@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectramind import io, metric
+from spectramind import files, metric
 from spectramind.data import ariel_format as af
 from spectramind.errors import DataError
 from spectramind.evaluate import plots, submission
-from spectramind.losses import wavelengths_um
+from spectramind.physics.wavelengths import target_wavelengths_um
 
 TRUTH_FILES = ("train.csv", "simulation_test_truth.csv")  # labels (the first is the competition's too)
 NOISE_FILE = "simulation_noise.csv"                        # the simulator's oracle sigma per planet and bin
@@ -45,7 +45,7 @@ def score_report(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, naive_mean: f
         oracle = out["oracle_score"]
         out["ratio_to_oracle"] = out["score"] / oracle if oracle > 0 else float("nan")
     per_bin = pd.DataFrame({
-        "bin": np.arange(1, y.shape[1] + 1), "wavelength_um": wavelengths_um(y.shape[1]).numpy(),
+        "bin": np.arange(1, y.shape[1] + 1), "wavelength_um": target_wavelengths_um(y.shape[1]),
         "score": ind.mean(0), "gll": gll.mean(0), "rmse": np.sqrt(((mu - y) ** 2).mean(0)),
         "mean_sigma": sigma.mean(0), "within_1sigma": (z < 1).mean(0), "within_2sigma": (z < 2).mean(0)})
     return out, per_bin
@@ -90,8 +90,8 @@ def evaluate(split: str, plot_planets: int, out_dir: str | None, *, predict_cfg:
     metrics, per_bin = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
     metrics.update(split=split, model=pred["model"], run=pred["run"], predict_seconds=pred["seconds"])
     folder = Path(pred["folder"])
-    io.write_json(folder / "metrics.json", metrics)
-    with io.atomic_path(folder / "per_bin.csv") as tmp:
+    files.write_json(folder / "metrics.json", metrics)
+    with files.atomic_path(folder / "per_bin.csv") as tmp:
         per_bin.to_csv(tmp, index=False)
     wl = per_bin["wavelength_um"].to_numpy()
     figures = [plots.spectra(folder / "spectra.png", wl, ids, y, mu, sigma, plot_planets),

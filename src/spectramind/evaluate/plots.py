@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectramind import io
+from spectramind import files
 
 
 def _pyplot():
@@ -60,7 +60,7 @@ def score_per_wavelength(path: Path, per_bin: pd.DataFrame) -> Path:
 
 def _save(fig, plt, path: Path) -> Path:
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spectramind import io
+from spectramind import files
 from spectramind.config import runhash
 from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError, DataError
@@ -115,7 +115,7 @@ def predict_visits(model: torch.nn.Module, dataset, batch_size: int, device: tor
     """Per-visit (planet_ids, mu, sigma) as numpy arrays, in the dataset's order."""
     from torch.utils.data import DataLoader
 
-    from spectramind.data.parallel import bar
+    from spectramind.progress import bar
 
     model = model.to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -168,7 +168,7 @@ def predict(run: str | None, split: str, out: str | None, batch_size: int, devic
     summary = {"submission": str(path), "folder": str(folder), "planets": len(ids), "visits": len(dataset),
                "split": split, "mu_clipped_to_zero": negative, "seconds": round(time.time() - start, 2),
                **source}
-    io.write_json(folder / "predict_summary.json", summary)
+    files.write_json(folder / "predict_summary.json", summary)
     if events is not None:
         events.emit("predict", **summary)
     return summary

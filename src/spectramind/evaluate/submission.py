@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectramind import io
+from spectramind import files
 from spectramind.errors import DataError
 from spectramind.metric import N_BINS, ROW_ID
 
@@ -87,7 +87,7 @@ def write(path: str | os.PathLike, planet_ids: Sequence[int], mu: np.ndarray, si
     frame = build_frame(planet_ids, mu, sigma, columns)
     validate(frame, expected_ids, columns)
     path = Path(path)
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return path
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from packaging.utils import parse_wheel_filename
 
 import spectramind
-from spectramind import io
+from spectramind import files
 from spectramind.errors import ConfigError, SpectraMindError
 
 # Our dependencies (and theirs) that Kaggle's image does not ship, or may ship too old. Kaggle's image
@@ -61,9 +61,9 @@ def bundle(outdir: str | os.PathLike, owner: str, slug: str = "spectramind-wheel
         own = _build_project_wheel(source, staging)
         fetched = [_fetch_wheel(name, version, staging, python_version) for name, version in versions.items()]
         dataset = f"{owner}/{slug}"
-        io.write_json(staging / "dataset-metadata.json", dataset_metadata(dataset))
-        io.write_json(staging / "kernel" / "kernel-metadata.json", kernel_metadata(owner, dataset))
-        io.write_text(staging / "kernel" / NOTEBOOK, json.dumps(notebook(), indent=1) + "\n")
+        files.write_json(staging / "dataset-metadata.json", dataset_metadata(dataset))
+        files.write_json(staging / "kernel" / "kernel-metadata.json", kernel_metadata(owner, dataset))
+        files.write_text(staging / "kernel" / NOTEBOOK, json.dumps(notebook(), indent=1) + "\n")
         if outdir.exists():
             outdir.rmdir()
         staging.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared

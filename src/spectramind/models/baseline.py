@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import xxhash
 
-from spectramind import io
-from spectramind.data.parallel import bar
+from spectramind import files
 from spectramind.data.store import H5_NAME
 from spectramind.models.fit import PhysicsFit
+from spectramind.progress import bar
 
 _INPUTS = ("flux", "flux_err", "time", "jitter", "star")
 
@@ -39,7 +39,7 @@ def ensure_baseline(store: str | Path, fit_config: dict, device: torch.device | 
     if path.is_file():
         return path
     fit = PhysicsFit(**fit_config).to(device)
-    with h5py.File(Path(store) / H5_NAME, "r") as src, io.atomic_path(path) as tmp, \
+    with h5py.File(Path(store) / H5_NAME, "r") as src, files.atomic_path(path) as tmp, \
             h5py.File(tmp, "w") as dst:
         keys = sorted(src["visits"])
         out = dst.create_group("visits")

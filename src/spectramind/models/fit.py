@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from spectramind.errors import ConfigError
-from spectramind.losses import wavelengths_um
 from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
+from spectramind.physics.wavelengths import target_wavelengths_um
 
 # Indices into the per-visit star vector [Rs, Ms, Ts, Mp, e, P, sma, i].
 TS, PERIOD, SMA, INC = 2, 5, 6, 7
@@ -53,7 +53,7 @@ class PhysicsFit(nn.Module):
         self.failed_sigma_factor = failed_sigma_factor
         self.failed_sigma_min = failed_sigma_min    # widened sigma is at least this (depth units)
         self.sigma_scale = sigma_scale              # global calibration factor on sigma
-        self.register_buffer("wavelength", wavelengths_um(n_bins), persistent=False)
+        self.register_buffer("wavelength", torch.from_numpy(target_wavelengths_um(n_bins)), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.fit(batch)

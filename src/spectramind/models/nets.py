@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spectramind.losses import wavelengths_um
 from spectramind.models.fit import PhysicsFit
+from spectramind.physics.wavelengths import target_wavelengths_um
 
 # Typical scales of the star-info fields [Rs, Ms, Ts, Mp, e, P, sma, i, ...]: features are
 # asinh(value / scale), which keeps every field O(1) without statistics from the data.
@@ -72,7 +72,7 @@ class ResidualNet(nn.Module):
         self.head = nn.Conv1d(channels, 2, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        wl = wavelengths_um(n_bins).float()
+        wl = torch.from_numpy(target_wavelengths_um(n_bins)).float()
         self.register_buffer("wavelength", (wl - wl.mean()) / wl.std(), persistent=False)
         self.fit_config = {"n_bins": n_bins, **dict(fit or {})}  # also names the cached baseline sidecar
         self.baseline = PhysicsFit(**self.fit_config)

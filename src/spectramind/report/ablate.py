@@ -19,7 +19,7 @@ from pathlib import Path
 
 import xxhash
 
-from spectramind import io
+from spectramind import files
 from spectramind.errors import ConfigError, SpectraMindError
 
 SWEEPS_DIR = "ablation"          # outputs/ablation/<sweep id>/: sweep.json and one log folder per point
@@ -90,7 +90,7 @@ def plan(points: list[list[str]]) -> list[Point]:
             data = json.dumps([cfg["data"], cfg["seed"]], sort_keys=True)
             point.data_key = xxhash.xxh3_64(data.encode()).hexdigest()
             folder = run_folder(cfg["paths"]["output_dir"], point.run_hash)
-            point.trained = io.read_json(folder / "summary.json").get("status") == "complete"
+            point.trained = files.read_json(folder / "summary.json").get("status") == "complete"
             point.evaluated = point.trained and (folder / "metrics.json").is_file()
             point.status = "complete" if point.evaluated else "pending"
         planned.append(point)
@@ -203,6 +203,6 @@ def ablate(arguments: list[str], parallel: int = 1, dry_run: bool = False) -> tu
     sweep_dir = output_dir(sweep_args) / SWEEPS_DIR / sweep_id(points)
     if not dry_run:
         run_pending(points, launcher_args, sweep_dir, parallel)
-        io.write_json(sweep_dir / SWEEP_RECORD, {"arguments": list(arguments),
+        files.write_json(sweep_dir / SWEEP_RECORD, {"arguments": list(arguments),
                                                  "points": [asdict(p) for p in points]})
     return points, sweep_dir

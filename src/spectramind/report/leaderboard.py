@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from spectramind import io
+from spectramind import files
 from spectramind.report.ablate import SWEEP_RECORD, SWEEPS_DIR
 
 MARKDOWN = "ablation_leaderboard.md"
@@ -61,8 +61,8 @@ def run_row(folder: Path) -> dict | None:
     if start.get("command") != "train":
         return None
     stop = next((e for e in reversed(events) if e.get("event") == "stop"), {})
-    summary = io.read_json(folder / "summary.json") or stop
-    metrics = io.read_json(folder / "metrics.json")
+    summary = files.read_json(folder / "summary.json") or stop
+    metrics = files.read_json(folder / "metrics.json")
     overrides = yaml.safe_load((folder / "overrides.yaml").read_text(encoding="utf-8")) or []
     row = {"run_hash": folder.name, "link": f"runs/{folder.name}/", "params": parse_overrides(overrides),
            "status": summary.get("status", "running"), "error": summary.get("error"),
@@ -77,7 +77,7 @@ def folderless_rows(output_dir: Path) -> list[dict]:
     """Sweep points that failed before any run folder existed (a config the schema refused)."""
     rows = {}
     for record in sorted((output_dir / SWEEPS_DIR).glob(f"*/{SWEEP_RECORD}")):
-        for point in io.read_json(record).get("points", []):
+        for point in files.read_json(record).get("points", []):
             hash_ = point.get("run_hash")
             if point.get("status") == "failed" and not (hash_ and (output_dir / "runs" / hash_).is_dir()):
                 params = parse_overrides(point["overrides"])
@@ -154,7 +154,7 @@ def plot(rows: list[dict], param: str, path: Path) -> None:
     ax.set(xlabel=param, ylabel="score", title=f"score vs {param}")
     ax.legend(loc="best")
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
@@ -174,6 +174,6 @@ def build(output_dir: str | Path) -> dict:
             plots.append(path)
     for stale in set((output_dir / PLOTS_DIR).glob("score_vs_*.png")) - set(plots):
         stale.unlink()  # a parameter no longer swept
-    io.write_text(output_dir / MARKDOWN, markdown(rows, params))
-    io.write_text(output_dir / HTML, render(rows, params, METRICS, plots))
+    files.write_text(output_dir / MARKDOWN, markdown(rows, params))
+    files.write_text(output_dir / HTML, render(rows, params, METRICS, plots))
     return {"rows": len(rows), "markdown": output_dir / MARKDOWN, "html": output_dir / HTML, "plots": plots}

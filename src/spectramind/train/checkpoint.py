@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spectramind import io
+from spectramind import files
 from spectramind.errors import DataError
 
 FORMAT = 1
@@ -65,7 +65,7 @@ def set_rng_state(state: dict) -> None:
 
 def save(path: Path, state: dict) -> int:
     """Write `state` atomically; returns the file size in bytes."""
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
     return path.stat().st_size
 

@@ -1,13 +1,12 @@
-"""Observability: JSON-lines metrics, TensorBoard when installed, the loss-curve PNG, a progress bar."""
+"""Observability: JSON-lines metrics, TensorBoard when installed, the loss-curve PNG."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
-from spectramind import io
+from spectramind import files
 
 
 class MetricsLog:
@@ -21,7 +20,7 @@ class MetricsLog:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        io.append_line(self.path, json.dumps(record, sort_keys=True, allow_nan=True))
+        files.append_line(self.path, json.dumps(record, sort_keys=True, allow_nan=True))
         if self._tb is not None:
             step = record.get("step", 0)
             for key, value in record.items():
@@ -68,35 +67,7 @@ def plot_losses(metrics_path: Path, png: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with io.atomic_path(png) as tmp:
+    with files.atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return png
-
-
-class ProgressBar:
-    """A rich progress bar over an epoch's samples, only on a terminal."""
-
-    def __init__(self, enabled: bool):
-        self._progress = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress as RichProgress
-
-            self._progress = RichProgress(console=Console(stderr=True), transient=True)
-            self._progress.start()
-        self._task = None
-
-    def start(self, epoch: int, total: int, done: int) -> None:
-        if self._progress is not None:
-            if self._task is not None:
-                self._progress.remove_task(self._task)
-            self._task = self._progress.add_task(f"epoch {epoch + 1}", total=total, completed=done)
-
-    def advance(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()

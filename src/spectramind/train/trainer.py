@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from spectramind import io
+from spectramind import files
 from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError
+from spectramind.progress import ProgressBar
 from spectramind.train import checkpoint, guards
 from spectramind.train.distributed import Dist, agree_max, all_sum
-from spectramind.train.metrics import MetricsLog, ProgressBar, plot_losses
+from spectramind.train.metrics import MetricsLog, plot_losses
 from spectramind.train.settings import TrainerConfig
 
 COMPLETE_REASONS = ("max_epochs", "early_stopping")
@@ -432,7 +433,7 @@ class Trainer:
         copies = ([self.ckpt_dir / "best.pt"] if best else []) + \
                  ([checkpoint.numbered(self.ckpt_dir, self.p.epoch)] if numbered else [])
         for target in copies:
-            with io.atomic_path(target) as tmp:
+            with files.atomic_path(target) as tmp:
                 shutil.copyfile(last, tmp)
         self.clock.save_s = time.time() - start
         self._emit("checkpoint", path=str(last), epoch=self.p.epoch, step=self.p.global_step,
@@ -467,7 +468,7 @@ class Trainer:
         try:
             with guards.Signals() as self.signals:
                 while not reason and self.p.epoch < self.cfg.max_epochs:
-                    bar.start(self.p.epoch, len(self.order(self.p.epoch)), self.p.position)
+                    bar.start(f"epoch {self.p.epoch + 1}", len(self.order(self.p.epoch)), self.p.position)
                     reason = self.train_epoch(bar) or self.end_epoch()
                 if reason and reason not in ("disk", "early_stopping"):
                     self._emit("guard", reason=reason, message=self.message, step=self.p.global_step)
@@ -494,7 +495,7 @@ class Trainer:
             "world_size": self.dist.world, "run_hash": self.run_hash,
         }
         if self.dist.main:
-            io.write_json(self.run_dir / "summary.json", summary)
+            files.write_json(self.run_dir / "summary.json", summary)
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "plots" / "loss_curves.png")
         return summary
 

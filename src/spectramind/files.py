@@ -1,4 +1,4 @@
-"""Atomic file writes: a kill at any moment leaves the previous good file, never a half-written one."""
+"""Files: atomic writes (a kill at any moment leaves the previous good file), locks, tolerant reads."""
 
 from __future__ import annotations
 
