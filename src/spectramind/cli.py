@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -48,22 +49,24 @@ def _root(
         os.environ["SPECTRAMIND_DEBUG"] = "1"
 
 
+Params = Annotated[str | None, typer.Option(
+    "--params", show_default=False,
+    help="Run a composed config file (DVC's params.yaml) instead of configs/; overrides are then plain "
+         "key=value changes on top of it, and no missing input is built.")]
+
+
 @config_app.command("show")
 def config_show(overrides: Overrides = None) -> None:
     """Print the resolved config as YAML."""
-    from spectramind.config.stage import resolve
+    from spectramind.config.stage import load
 
-    cfg, _ = resolve("train", overrides or [])
-    typer.echo(_yaml(cfg), nl=False)
+    typer.echo(_yaml(load(overrides or [])[0]), nl=False)
 
 
 @config_app.command("validate")
 def config_validate(overrides: Overrides = None) -> None:
     """Check the resolved config against the schema; exit 2 with one line if it is wrong."""
-    from spectramind.config.stage import resolve
-
-    _, hash_ = resolve("train", overrides or [])
-    typer.echo(f"config ok (run hash {hash_})")
+    typer.echo(f"config ok (run hash {_hash('train', overrides or [])})")
 
 
 @config_app.command("hash")
@@ -71,15 +74,38 @@ def config_hash(
     overrides: Overrides = None,
     command: Annotated[str, typer.Option(help="The command whose run hash to print.")] = "train",
 ) -> None:
-    """Print the run hash of the resolved config."""
-    from spectramind.config.stage import resolve
+    """Print the run hash of the resolved config (with the inputs as they are now)."""
+    typer.echo(_hash(command, overrides or []))
 
-    typer.echo(resolve(command, overrides or [])[1])
+
+@config_app.command("params")
+def config_params(
+    overrides: Overrides = None,
+    out: Annotated[str | None, typer.Option(help="Write here (atomically) instead of printing.",
+                                            show_default=False)] = None,
+) -> None:
+    """Compose configs/pipeline.yaml (the DVC pipeline's config) as DVC's Hydra composition writes params.yaml."""
+    from omegaconf import OmegaConf
+
+    from spectramind import files
+    from spectramind.config.compose import compose
+    from spectramind.config.schema import validate
+    from spectramind.config.stage import PIPELINE
+
+    cfg = compose(overrides or [], config_name=PIPELINE)
+    validate(cfg)
+    text = OmegaConf.to_yaml(OmegaConf.create(cfg))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        files.write_text(out, text)
+        typer.echo(f"config params: {out}")
 
 
 @app.command()
 def train(
     overrides: Overrides = None,
+    params: Params = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, run hash, folder and budgets; "
                                           "train nothing.")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Time a few real steps here, project the run's time "
@@ -87,78 +113,95 @@ def train(
 ) -> None:
     """Train a model under the trainer profile's guardrails (resumes an unfinished run)."""
     from spectramind.config import runhash
-    from spectramind.config.stage import resolve
+    from spectramind.config.stage import load, run_hash
+    from spectramind.pipeline import input_fingerprint
 
+    overrides = overrides or []
+    cfg, s = load(overrides, params)
     if dry_run:
-        cfg, hash_ = resolve("train", overrides or [])
+        hash_ = run_hash("train", cfg, input_fingerprint("train", s))
         typer.echo(_yaml(cfg), nl=False)
         typer.echo(f"run hash: {hash_}")
-        typer.echo(f"run folder: {runhash.run_dir(cfg['paths']['output_dir'], hash_)}")
+        typer.echo(f"run folder: {runhash.run_dir(s.paths.output_dir, hash_)}")
         typer.echo("budgets: " + ", ".join(f"{k}={v}" for k, v in cfg["trainer"]["budgets"].items()))
         return
     from spectramind.train import setup
     from spectramind.train.distributed import from_env, under_launcher
 
+    if not under_launcher():
+        _build_inputs("train", overrides, params, s)
     if plan:
         from spectramind.train.plan import render
 
-        typer.echo(render(setup.plan(resolve("train", overrides or [])[0])), nl=False)
+        typer.echo(render(setup.plan(s)), nl=False)
         return
-    cfg, hash_ = resolve("train", overrides or [])
-    run_dir = runhash.run_dir(cfg["paths"]["output_dir"], hash_)
+    hash_ = run_hash("train", cfg, input_fingerprint("train", s))
+    run_dir = runhash.run_dir(s.paths.output_dir, hash_)
     done = setup.completed(run_dir)
     if done is not None:  # a finished run is reported and left alone
         typer.echo(f"train: already complete, {setup.summary_line(done)} in {run_dir}")
         return
-    if cfg["trainer"]["devices"] > 1 and not under_launcher():
-        raise typer.Exit(setup.launch(cfg["trainer"]["devices"], ["train", *(overrides or [])]))
+    if s.trainer.devices > 1 and not under_launcher():
+        argv = ["train", *(["--params", params] if params else []), *overrides]
+        raise typer.Exit(setup.launch(s.trainer.devices, argv))
     if not from_env().main:  # DDP ranks > 0 train but write nothing: no snapshot, no index entry
-        setup.train(cfg, run_dir, hash_)
+        setup.train(s, run_dir, hash_)
         return
 
     def work(stage) -> dict:
-        summary = setup.train(stage.cfg, stage.run_dir, stage.run_hash, stage.events)
+        summary = setup.train(stage.settings, stage.run_dir, stage.run_hash, stage.events)
         typer.echo(f"train: {summary['status']}, {setup.summary_line(summary)} in {stage.run_dir}")
         return {"status": summary["status"], "stop_reason": summary["stop_reason"], "epochs": summary["epochs"],
                 "best_metric": summary["best_metric"]["value"], "wall_time_s": summary["wall_time_s"]}
 
-    _run("train", overrides, work)
+    _run("train", overrides, params, work)
 
 
 @app.command()
-def simulate(overrides: Overrides = None) -> None:
+def simulate(overrides: Overrides = None, params: Params = None) -> None:
     """Write the simulated raw folder (competition layout, truth and oracle noise) unless it is current."""
-    def work(stage) -> dict:
-        from spectramind.data.prepare import ensure_simulated
-        from spectramind.data.simulate import read_marker
-        from spectramind.errors import ConfigError
+    _run("simulate", overrides or [], params, _simulate, uses_torch=False)
 
-        data = stage.cfg["data"]
-        if data["name"] != "synthetic" or "simulate" not in data:
-            raise ConfigError(f"data={data['name']}: simulate writes only the synthetic set (data=synthetic)")
-        root = ensure_simulated(data, stage.cfg["seed"])
-        params = read_marker(root)
-        typer.echo(f"simulate: {params['n_train']} train + {params['n_test']} test planets in {root}")
-        return {"root": str(root)}
 
-    _run("simulate", overrides, work, uses_torch=False)
+def _simulate(stage) -> dict:
+    from spectramind.data.simulate import simulate_raw
+
+    done = simulate_raw(stage.settings)
+    state = "current" if done["cached"] else "written"
+    typer.echo(f"simulate: {done['n_train']} train + {done['n_test']} test planets in {done['root']} ({state})")
+    return done
 
 
 @app.command()
-def calibrate(overrides: Overrides = None) -> None:
-    """Calibrate the raw folder into the HDF5 light-curve store (simulating it first when synthetic)."""
-    def work(stage) -> dict:
-        import json
+def calibrate(overrides: Overrides = None, params: Params = None) -> None:
+    """Calibrate the raw folder into the HDF5 light-curve store (unless it is current)."""
+    _run("calibrate", overrides or [], params, _calibrate, uses_torch=False)
 
-        from spectramind.data.prepare import ensure_store
 
-        store = ensure_store(stage.cfg["data"], stage.cfg["seed"])
-        summary = json.loads((store / "summary.json").read_text())
-        typer.echo(f"calibrate: {summary['visits']} visits of {summary['planets']} planets, "
-                   f"{summary['n_time']} x {summary['n_bins']} per visit -> {store}")
-        return {"store": str(store), "visits": summary["visits"]}
+def _calibrate(stage, folders: tuple[str, ...] = ("train", "test")) -> dict:
+    from spectramind.data.prepare import calibrate as calibrate_stage
 
-    _run("calibrate", overrides, work, uses_torch=False)
+    done = calibrate_stage(stage.settings, folders)
+    state = "current" if done["cached"] else f"{done['seconds']} s"
+    typer.echo(f"calibrate: {done['visits']} visits of {done['planets']} planets, {done['n_time']} x "
+               f"{done['n_bins']} per visit -> {stage.settings.data.store} ({state})")
+    return {"store": stage.settings.data.store, "visits": done["visits"], "cached": done["cached"]}
+
+
+@app.command()
+def fit(overrides: Overrides = None, params: Params = None) -> None:
+    """Fit the physics baseline to every visit of the store (the sidecar that residual models correct)."""
+    _run("fit", overrides or [], params, _fit)
+
+
+def _fit(stage) -> dict:
+    from spectramind.devices import resolve_device
+    from spectramind.models.baseline import fit_baseline
+
+    done = fit_baseline(stage.settings, resolve_device(stage.settings.predict.device, "predict.device"))
+    state = "current" if done["cached"] else f"{done['visits']} visits in {done['seconds']} s"
+    typer.echo(f"fit: baseline {done['baseline']} ({state})")
+    return done
 
 
 def _run_override(overrides: list[str] | None) -> list[str]:
@@ -167,41 +210,35 @@ def _run_override(overrides: list[str] | None) -> list[str]:
 
 
 @app.command()
-def predict(overrides: Overrides = None) -> None:
+def predict(overrides: Overrides = None, params: Params = None) -> None:
     """Write a validated submission.csv: `run=<run folder|hash|latest>`, or `model=fit` with no training."""
     def work(stage) -> dict:
         from spectramind.evaluate.predict import predict as predict_stage
 
-        cfg = stage.cfg
-        done = predict_stage(**cfg["predict"], data=cfg["data"], model=cfg["model"], seed=cfg["seed"],
-                             output_dir=cfg["paths"]["output_dir"], run_dir=stage.run_dir,
-                             events=stage.events)
+        done = predict_stage(stage.settings, stage.run_dir, events=stage.events)
         typer.echo(f"predict: {done['planets']} planets ({done['visits']} visits) in {done['seconds']} s "
                    f"-> {done['submission']}")
         return {k: done[k] for k in ("submission", "planets", "visits", "seconds")}
 
-    _run("predict", _run_override(overrides), work)
+    _run("predict", _run_override(overrides), params, work)
 
 
 @app.command()
-def evaluate(overrides: Overrides = None) -> None:
+def evaluate(overrides: Overrides = None, params: Params = None) -> None:
     """Score a labelled split: metrics.json, per_bin.csv, PNGs (and the oracle ratio on simulated data)."""
     def work(stage) -> dict:
         from spectramind.evaluate.evaluate import evaluate as evaluate_stage
 
-        cfg = stage.cfg
-        done = evaluate_stage(**cfg["evaluate"], predict_cfg=cfg["predict"], data=cfg["data"],
-                              model=cfg["model"], seed=cfg["seed"], output_dir=cfg["paths"]["output_dir"],
-                              run_dir=stage.run_dir, events=stage.events)
+        done = evaluate_stage(stage.settings, stage.run_dir, events=stage.events)
         oracle = (f", oracle {done['oracle_score']:.4f} (ratio {done['ratio_to_oracle']:.3f})"
                   if "oracle_score" in done else "")
         typer.echo(f"evaluate: score {done['score']:.4f} on {done['planets']} planets{oracle}; "
                    f"|z|<1 {done['within_1sigma']:.3f}, |z|<2 {done['within_2sigma']:.3f} "
                    f"-> {done['metrics']}")
         keys = ("score", "planets", "within_1sigma") + (("ratio_to_oracle",) if oracle else ())
-        return {k: done[k] for k in keys}
+        return {**{k: done[k] for k in keys}, "evaluated_run": Path(done["run"]).name if done["run"] else None}
 
-    _run("evaluate", _run_override(overrides), work)
+    _run("evaluate", _run_override(overrides), params, work)
 
 
 @app.command()
@@ -212,10 +249,10 @@ def doctor(
     """Check Python, torch, GPUs, budgets, disk and data against the config; warn, never fail."""
     import json
 
-    from spectramind.config.stage import resolve
+    from spectramind.config.stage import load
     from spectramind.doctor import diagnose, render
 
-    report = diagnose(resolve("doctor", overrides or [])[0])
+    report = diagnose(load(overrides or [])[0])
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else render(report), nl=as_json)
 
 
@@ -295,15 +332,40 @@ def report(overrides: Overrides = None) -> None:
         typer.echo(f"plot: {path}")
 
 
-def _run(command: str, overrides: list[str] | None, work, uses_torch: bool = True) -> None:
-    """Start a stage (compose, validate, snapshot), call `work(stage) -> summary dict`, record the outcome
+# The input stages the convenience path may run, each an ordinary stage with its own run folder.
+_INPUT_STAGES = {"simulate": (_simulate, False), "calibrate": (_calibrate, False), "fit": (_fit, True)}
+
+
+def _build_inputs(command: str, overrides: list[str], params: str | None, s) -> None:
+    """The CLI's convenience path: run the input stages that are missing or stale, saying so. A DVC stage
+    (`--params`) builds nothing: the pipeline declares and orders its inputs."""
+    if params is not None:
+        return
+    from spectramind.pipeline import folders_for, missing_inputs
+
+    for name in missing_inputs(command, s):
+        typer.echo(f"{command}: building its missing input with `spectramind {name}`", err=True)
+        work, uses_torch = _INPUT_STAGES[name]
+        if name == "calibrate":
+            folders = folders_for(command, s)
+            _run(name, overrides, None, lambda stage, f=folders: _calibrate(stage, f), uses_torch=uses_torch)
+        else:
+            _run(name, overrides, None, work, uses_torch=uses_torch)
+
+
+def _run(command: str, overrides: list[str], params: str | None, work, uses_torch: bool = True) -> None:
+    """Start a stage (load, validate, hash, snapshot), call `work(stage) -> summary dict`, record the outcome
     (the summary's `status`, "complete" by default: a training run stopped by a guard is "stopped").
 
     uses_torch=False: a CPU-only data stage, whose snapshot skips importing torch for its CUDA facts (~1.5 s).
     """
-    from spectramind.config.stage import start
+    from spectramind.config.stage import load, start
+    from spectramind.pipeline import input_fingerprint
 
-    stage = start(command, overrides or [], with_torch=uses_torch)
+    cfg, s = load(overrides, params)
+    if command in ("predict", "evaluate"):
+        _build_inputs(command, overrides, params, s)
+    stage = start(command, cfg, s, overrides, input_fingerprint(command, s), with_torch=uses_torch)
     typer.echo(f"{command}: run {stage.run_hash} in {stage.run_dir}", err=True)
     try:
         summary = dict(work(stage) or {})
@@ -311,6 +373,14 @@ def _run(command: str, overrides: list[str] | None, work, uses_torch: bool = Tru
         stage.finish("failed", error=(str(e).strip().splitlines() or [type(e).__name__])[0])
         raise
     stage.finish(summary.pop("status", "complete"), **summary)
+
+
+def _hash(command: str, overrides: list[str]) -> str:
+    from spectramind.config.stage import load, run_hash
+    from spectramind.pipeline import input_fingerprint
+
+    cfg, s = load(overrides)
+    return run_hash(command, cfg, input_fingerprint(command, s))
 
 
 def _yaml(cfg: dict) -> str:

@@ -1,4 +1,5 @@
-"""Files: atomic writes (a kill at any moment leaves the previous good file), locks, tolerant reads."""
+"""Files: atomic writes (a kill at any moment leaves the previous good file), locks, tolerant reads,
+and a content fingerprint of a folder tree with a stat-checked digest cache."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 
 @contextlib.contextmanager
@@ -82,3 +87,105 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
     finally:
         os.close(fd)
+
+
+CACHE_VERSION = 1
+CHUNK = 4 << 20
+RACY_NS = 2_000_000_000  # an entry hashed this soon after its mtime could be rewritten within the same tick
+_STAT_KEYS = ("size", "mtime_ns", "inode", "device")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """xxh3-128 of a file's bytes, read in CHUNK pieces so a multi-GB file never sits in memory."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _entries_digest(entries: dict) -> str:
+    return xxhash.xxh3_128(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The cache's entries, or None when it is missing, unreadable, of another version or fails its own digest."""
+    try:
+        data = json.loads(path.read_bytes())
+        entries = data["entries"]
+        if data["version"] == CACHE_VERSION and data["digest"] == _entries_digest(entries):
+            return entries
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def _files_under(root: Path) -> list[tuple[str, Path, os.stat_result]]:
+    """(relative POSIX path, path, stat) of every regular file, symlinked files included; symlinked folders
+    are not entered, so a link cycle cannot loop."""
+    if not root.is_dir():
+        return [(root.name, root, root.stat())] if root.is_file() else []
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            with contextlib.suppress(OSError):  # a dangling link, or a file gone mid-walk
+                st = path.stat()
+                if stat.S_ISREG(st.st_mode):
+                    found.append((path.relative_to(root).as_posix(), path, st))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _merge_cache(cache: Path, changes: dict[str, dict | None]) -> None:
+    """Apply `changes` (None drops an entry) to the cache as it is on disk now, so what another process
+    wrote since this one read it is kept."""
+    with locked(cache):
+        current = _read_cache(cache)
+        entries = dict(current or {})
+        for key, entry in changes.items():
+            if entry is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = entry
+        if entries != current:
+            write_json(cache, {"version": CACHE_VERSION, "digest": _entries_digest(entries), "entries": entries})
+
+
+def tree_fingerprint(root: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
+    """xxh3-128 over the relative paths and content digests of every regular file under `root`, so any
+    changed byte changes it while where the tree lives does not; "absent" when `root` does not exist.
+
+    With `cache`, a file's digest is reused while its size, mtime_ns, inode and device all match, so an
+    unchanged tree costs a stat per file. A rewrite that keeps all four (in place, same size, mtime set
+    back) goes unseen, as it does for git and DVC; the racy rule (RACY_NS) covers the same-tick case.
+    The cache is read without the lock (it is only ever replaced whole) and merged under it, so
+    concurrent callers keep each other's entries.
+    """
+    root = Path(os.path.abspath(root))
+    if not root.exists():
+        return "absent"
+    inside = os.path.join(root, "")
+    if cache is not None and os.path.abspath(cache).startswith(inside):
+        raise ValueError(f"the cache {cache} lies inside {root}: each write would change the fingerprint")
+    loaded = _read_cache(Path(cache)) if cache is not None else None
+    entries = loaded or {}
+    changes: dict[str, dict | None] = {}
+    h = xxhash.xxh3_128()
+    found = _files_under(root)
+    for rel, path, st in found:
+        key = str(path)
+        signature = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+        cached = entries.get(key)
+        if isinstance(cached, dict) and [cached.get(k) for k in _STAT_KEYS] == signature:
+            digest = cached["digest"]
+        else:
+            digest = file_digest(path)
+            racy = time.time_ns() - st.st_mtime_ns < RACY_NS
+            changes[key] = None if racy else dict(zip(_STAT_KEYS, signature, strict=True), digest=digest)
+        h.update(os.fsencode(rel) + b"\0" + digest.encode() + b"\n")
+    if cache is not None:
+        seen = {str(path) for _, path, _ in found}
+        changes.update({key: None for key in entries if key.startswith(inside) and key not in seen})
+        if changes or loaded is None:
+            _merge_cache(Path(cache), changes)
+    return h.hexdigest()

@@ -35,7 +35,7 @@ def nearest(key: str, candidates: list[str]) -> str | None:
     return match[0] if match else None
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> dict:
     """The resolved config as plain dicts and lists; any user mistake becomes a one-line ConfigError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -48,9 +48,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
             try:
-                cfg = hydra_compose(config_name="config", overrides=list(overrides))
+                cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
             except (HydraException, OmegaConfBaseException) as e:
-                base = hydra_compose(config_name="config")
+                base = hydra_compose(config_name=config_name)
                 raise ConfigError(_override_message(e, overrides, OmegaConf.to_container(base))) from e
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as e:

@@ -1,8 +1,9 @@
 """Run hashes, run-folder snapshots and the outputs index.
 
-The run hash is xxh3-64 over the canonical JSON (sorted keys) of the resolved config less its
-volatile fields, together with the command and the fingerprint of the input data. The same inputs
-give the same hash on any machine, so a second run of the same thing finds the first run's folder.
+The run hash is xxh3-64 over the canonical JSON (sorted keys) of the config sections the command reads
+less their volatile fields, together with the command, the content fingerprint of its input data and
+the digest of the package source it runs. The same inputs give the same hash on any machine, so a second
+run of the same thing finds the first run's folder; a changed value, input byte or line of code does not.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ from spectramind import files
 INDEX_NAME = "run_hash_summary_v50.json"
 
 # Where outputs go and how many processes read data changes nothing about the result.
-VOLATILE = ("paths", "data.root", "data.store", "data.num_workers", "trainer.progress_bar", "predict.out",
-            "evaluate.out_dir")
+VOLATILE = ("paths", "data.root", "data.store", "data.baseline", "data.num_workers", "trainer.progress_bar",
+            "predict.out", "evaluate.out_dir")
 
 # The sections each command reads: a change elsewhere (say predict.batch_size) must not make a
 # finished training run look new. Commands not listed hash the whole config.
 SECTIONS = {
     "simulate": ("seed", "data"),
     "calibrate": ("seed", "data"),
-    "train": ("seed", "data", "trainer", "model", "loss", "optimizer", "scheduler"),
-    "predict": ("seed", "data", "trainer", "model", "loss", "optimizer", "scheduler", "predict"),
-    "evaluate": ("seed", "data", "trainer", "model", "loss", "optimizer", "scheduler", "predict", "evaluate"),
+    "fit": ("seed", "data", "fit"),
+    "train": ("seed", "data", "fit", "trainer", "model", "loss", "optimizer", "scheduler"),
+    "predict": ("seed", "data", "fit", "trainer", "model", "loss", "optimizer", "scheduler", "predict"),
+    "evaluate": ("seed", "data", "fit", "trainer", "model", "loss", "optimizer", "scheduler", "predict",
+                 "evaluate"),
 }
 
 
@@ -46,24 +49,14 @@ def canonical(cfg: dict) -> str:
     return json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
 
 
-def run_hash(cfg: dict, command: str, data_fingerprint: str = "") -> str:
+def run_hash(cfg: dict, command: str, data_fingerprint: str, code: str) -> str:
+    """`code`: provenance.code_digest(command), the version and source of what the command runs."""
     sections = SECTIONS.get(command)
     read = cfg if sections is None else {k: v for k, v in cfg.items() if k in sections}
     h = xxhash.xxh3_64()
-    for part in (command, canonical(read), data_fingerprint):
+    for part in (command, canonical(read), data_fingerprint, code):
         h.update(part.encode("utf-8"))
         h.update(b"\0")
-    return h.hexdigest()
-
-
-def folder_fingerprint(root: str | os.PathLike) -> str:
-    """Relative paths and sizes of every file under `root` (cheap; no file is read)."""
-    root = Path(root)
-    if not root.exists():
-        return "absent"
-    h = xxhash.xxh3_64()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(root).as_posix()}:{path.stat().st_size}\n".encode())
     return h.hexdigest()
 
 
@@ -91,3 +84,15 @@ def index_run(output_dir: str | os.PathLike, hash_: str, fields: dict) -> dict:
         entry["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     return files.update_json(Path(output_dir) / INDEX_NAME, change)
+
+
+def evaluations(output_dir: str | os.PathLike) -> dict[str, str]:
+    """The newest complete evaluation of each training run, from the outputs index: trained run hash ->
+    the evaluate run's hash (its folder holds metrics.json; the training run's folder is never written)."""
+    index = files.read_json(Path(output_dir) / INDEX_NAME)
+    newest: dict[str, tuple[str, str]] = {}
+    for hash_, entry in index.items():
+        trained = entry.get("evaluated_run")
+        if entry.get("command") == "evaluate" and entry.get("status") == "complete" and trained:
+            newest[trained] = max(newest.get(trained, ("", "")), (entry.get("updated", ""), hash_))
+    return {trained: hash_ for trained, (_, hash_) in newest.items()}

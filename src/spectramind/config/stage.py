@@ -1,20 +1,27 @@
-"""The one way every working subcommand starts and ends: compose, validate, hash, snapshot, index."""
+"""The one way every working subcommand starts and ends: compose, validate, type, hash, snapshot, index."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spectramind.config import environment, runhash
+from spectramind.config import environment, provenance, runhash
 from spectramind.config.compose import compose, override_keys
 from spectramind.config.schema import validate
+from spectramind.config.settings import Settings, build
+from spectramind.errors import ConfigError
 from spectramind.logs import EventLog, debug_log
+
+PIPELINE = "pipeline"          # configs/pipeline.yaml: the DVC pipeline's primary config
+EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run`, which has just composed params.yaml itself
 
 
 @dataclass
 class Stage:
     command: str
     cfg: dict
+    settings: Settings
     overrides: list[str]
     run_hash: str
     run_dir: Path
@@ -22,7 +29,7 @@ class Stage:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.cfg["paths"]["output_dir"])
+        return Path(self.settings.paths.output_dir)
 
     def finish(self, status: str, **summary) -> None:
         """Record the outcome in the events, the outputs index and the human log."""
@@ -32,24 +39,50 @@ class Stage:
         debug_log(self.output_dir, self.command, self.run_hash, f"{status}" + (f" ({detail})" if detail else ""))
 
 
-def data_fingerprint(data: dict) -> str:
-    """Simulated data is defined by its config (already hashed); a real folder by its files."""
-    if data.get("name") == "synthetic":
-        return ""
-    return runhash.folder_fingerprint(data["root"])
+def load(overrides: list[str] | tuple[str, ...] = (), params: str | None = None) -> tuple[dict, Settings]:
+    """The validated config and its typed settings; writes nothing.
+
+    params: a composed config file (DVC's params.yaml) to run instead of composing `configs/config.yaml`;
+    `overrides` are then plain key=value changes on top of it. Outside `dvc exp run` the file must equal a
+    fresh composition of configs/pipeline.yaml, so an edit under configs/ cannot run with stale values.
+    """
+    if params is None:
+        cfg = compose(overrides)
+        validate(cfg, prefer=override_keys(overrides))
+        return cfg, build(cfg)
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = yaml.safe_load(Path(params).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{params}: cannot read a composed config ({str(e).splitlines()[0]})") from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{params}: expected a mapping of config sections, got {type(cfg).__name__}")
+    if EXPERIMENT_ENV not in os.environ:
+        fresh = compose((), config_name=PIPELINE)
+        stale = next((k for k in sorted(set(fresh) | set(cfg)) if fresh.get(k) != cfg.get(k)), None)
+        if stale is not None:
+            raise ConfigError(f"{params}: section '{stale}' differs from configs/{PIPELINE}.yaml; recompose it "
+                              f"with `spectramind config params --out {params}`")
+    merged = OmegaConf.merge(OmegaConf.create(cfg), OmegaConf.from_dotlist(list(overrides)))
+    cfg = OmegaConf.to_container(merged, resolve=True)
+    validate(cfg, prefer=tuple(o.split("=", 1)[0] for o in overrides))
+    return cfg, build(cfg)
 
 
-def resolve(command: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, str]:
-    """The validated config and its run hash; writes nothing."""
-    cfg = compose(overrides)
-    validate(cfg, prefer=override_keys(overrides))
-    return cfg, runhash.run_hash(cfg, command, data_fingerprint(cfg["data"]))
-
-
-def start(command: str, overrides: list[str] | tuple[str, ...] = (), with_torch: bool = True) -> Stage:
-    """Resolve, then snapshot the config into `outputs/runs/<hash>/` and log the start."""
-    cfg, hash_ = resolve(command, overrides)
-    folder = runhash.snapshot(cfg, list(overrides), command, hash_, environment.describe(with_torch))
+def start(command: str, cfg: dict, settings: Settings, overrides: list[str], data_fingerprint: str,
+          with_torch: bool = True) -> Stage:
+    """Snapshot the config into `outputs/runs/<hash>/` and log the start."""
+    hash_ = run_hash(command, cfg, data_fingerprint)
+    env = {**environment.describe(with_torch),
+           "code": {"version": provenance.__version__, "digest": provenance.code_digest(command),
+                    "files": len(provenance.stage_sources(command))}}
+    folder = runhash.snapshot(cfg, list(overrides), command, hash_, env)
     events = EventLog(folder)
     events.emit("start", command=command, run_hash=hash_, overrides=list(overrides))
-    return Stage(command, cfg, list(overrides), hash_, folder, events)
+    return Stage(command, cfg, settings, list(overrides), hash_, folder, events)
+
+
+def run_hash(command: str, cfg: dict, data_fingerprint: str) -> str:
+    return runhash.run_hash(cfg, command, data_fingerprint, provenance.code_digest(command))

@@ -8,10 +8,9 @@ frames (vectorised inside each chunk), so a full-size visit stays well under 3 G
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from spectramind.config.settings import Calibrate
 from spectramind.data import ariel_format as af
 
 JITTER_COLUMNS = ("fgs1_x", "fgs1_y", "airs_y")
@@ -23,31 +22,12 @@ DARK_DT = {
 _CHUNK_VALUES = 600_000  # ~2.4 MB of float32 per chunk of reads or CDS frames: repeated passes stay in cache
 
 
-@dataclass(frozen=True)
-class Options:
-    """The switches of data.calibrate (keys map 1:1 to configs/data/*.yaml `calibrate:`)."""
-
-    adc_offset_sign: int = 1  # +1: raw / gain + offset (hosts); -1: the flipped sign one team argued for
-    mask_hot: bool = True  # mask hot pixels found by sigma-clipping the dark map (besides dead pixels)
-    hot_sigma: float = 5.0
-    linearity: bool = True  # apply linear_corr (ascending polynomial, Horner)
-    dark_dt: str = "hosts"  # hosts | since_reset
-    flat_stage: str = "after_binning"  # after_binning (hosts) | before_cds (the winner: before dark and CDS)
-    airs_bin: int = 30  # CDS frames summed per time bin
-    fgs1_bin: int = 360
-    airs_rows: tuple[int, int] = (10, 22)  # extraction rows [start, stop) of the AIRS trace
-    fgs1_box: tuple[int, int] = (10, 22)  # FGS1 aperture rows and columns [start, stop)
-    background_rows: int = 0  # edge rows per side whose median is subtracted per column; 0 = off
-    cosmic_sigma: float = 0.0  # reject CDS values this many sigma above their time neighbours; 0 = off
-    fill_masked: bool = False  # fill masked pixels from the trace profile (else they are dropped)
-
-
 def calibrate_visit(
     raw: dict[str, np.ndarray],
     maps: dict[str, dict],
     adc: dict[str, float],
     axis: dict[str, np.ndarray],
-    opts: Options,
+    opts: Calibrate,
 ) -> dict[str, np.ndarray]:
     """Light curves of one visit in electrons per time bin (not yet normalised).
 
@@ -89,7 +69,7 @@ def calibrate_visit(
     }
 
 
-def pixels(instrument: str, opts: Options) -> tuple[np.ndarray, np.ndarray]:
+def pixels(instrument: str, opts: Calibrate) -> tuple[np.ndarray, np.ndarray]:
     """The detector rows and columns calibration uses; no other pixel feeds the flux or the jitter.
 
     Rows: AIRS's extraction rows or FGS1's box, plus the background's edge rows. Columns: AIRS's 282
@@ -114,7 +94,7 @@ def _edge_rows(n: int) -> np.ndarray:
 
 
 def correlated_double_samples(
-    raw: np.ndarray, cal: dict, gain: float, offset: float, dark_dt: tuple[float, float], opts: Options
+    raw: np.ndarray, cal: dict, gain: float, offset: float, dark_dt: tuple[float, float], opts: Calibrate
 ) -> np.ndarray:
     """ADC decode, non-linearity, (flat,) dark and CDS: (N, R, C) uint16 -> (N/2, R, C) float32 e-.
 
@@ -191,7 +171,7 @@ def bin_time(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def extract(
-    binned: np.ndarray, cal: dict, bad: np.ndarray, rows: np.ndarray, bin_size: int, instrument: str, opts: Options
+    binned: np.ndarray, cal: dict, bad: np.ndarray, rows: np.ndarray, bin_size: int, instrument: str, opts: Calibrate
 ):
     """(T, R, C) binned frames of detector rows `rows` -> flux (T, B), its 1-sigma error (T, B), jitter (T, J).
 
@@ -244,7 +224,7 @@ def extract(
     return flux, err, jitter
 
 
-def bad_pixels(cal: dict, opts: Options) -> np.ndarray:
+def bad_pixels(cal: dict, opts: Calibrate) -> np.ndarray:
     """Dead pixels, pixels without a positive flat, and (mask_hot) hot pixels of the maps given."""
     bad = cal["dead"] | (cal["flat"] <= 0)
     if opts.mask_hot:

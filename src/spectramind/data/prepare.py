@@ -1,68 +1,87 @@
-"""From a raw folder to the calibrated store, once: splits, a process pool over visits, caching.
+"""The calibrate stage: a raw folder in the competition's layout to the calibrated store, once.
 
-`ensure_store(data, seed)` is the entry point every later stage uses: it simulates the embedded default
-when needed, calibrates when the store is missing or stale, and otherwise does nothing.
+`calibrate(settings)` reads `data.root` and writes `data.store` (splits, a process pool over visits) unless
+the store already holds this calibration of these raw bytes; `require_store(settings)` is what the later
+stages call: it names the command to run when the store is missing or was made with other settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from spectramind import files
-from spectramind.config import runhash
+from spectramind.config.settings import Calibrate, Settings, Split
 from spectramind.data import ariel_format as af
 from spectramind.data import calibrate as cal
-from spectramind.data import simulate as sim
 from spectramind.data import store as st
 from spectramind.data.parallel import imap_unordered
 from spectramind.errors import DataError
 
 STAR_COLUMNS = (*af.STAR_COLUMNS, "T14_h")  # the star-info table plus the transit duration it implies
+FOLDERS = ("train", "test")                 # the raw folders a store can hold
+FINGERPRINT_CACHE = ".fingerprints.json"    # content digests of the raw files, kept inside the store folder
+LOCK_NAME = ".calibrate"                     # <store>/.calibrate.lock serialises builders of one store
 
 
-def ensure_store(data: dict, seed: int, progress: bool = True) -> Path:
-    """Make sure data["store"] holds a current calibration of data["root"]; return the store folder.
+def calibrate(s: Settings, folders: tuple[str, ...] = FOLDERS, progress: bool = True) -> dict:
+    """The calibrate stage: make `data.store` a current calibration of `folders` of `data.root`.
 
-    Held under a lock on the store folder: parallel runs (an ablation sweep) wait for one build
-    instead of writing the same folders at once.
+    Held under a lock on the store folder: parallel runs (an ablation sweep) wait for one build instead of
+    writing the same folders at once. Returns the store's summary, with `cached` when nothing was done.
     """
-    with files.locked(Path(data["store"])):
-        return _ensure_store(data, seed, progress)
+    root, store = Path(s.data.root), Path(s.data.store)
+    if not (root / "axis_info.parquet").is_file():
+        how = "run `spectramind simulate`" if s.data.simulate is not None else "expected the competition's layout"
+        raise DataError(f"{root}: no raw folder (axis_info.parquet missing); {how}")
+    with files.locked(store / LOCK_NAME):
+        if store_problem(s, folders, check_source=True) is None:
+            return {**files.read_json(store / st.SUMMARY_NAME), "cached": True}
+        summary = calibrate_folder(root, store, num_workers=s.data.num_workers, calibrate=s.data.calibrate,
+                                   split=s.data.split, seed=s.seed, folders=folders,
+                                   fingerprint=source_fingerprint(root, folders, store), progress=progress)
+    return {**summary, "cached": False}
 
 
-def _ensure_store(data: dict, seed: int, progress: bool) -> Path:
-    if data["name"] == "synthetic":
-        ensure_simulated(data, seed, progress)
-    store = Path(data["store"])
-    wanted = _store_config(data, seed)
-    manifest = store / st.MANIFEST_NAME
-    if manifest.is_file() and (store / st.H5_NAME).is_file():
-        recorded = st.read_manifest(store)
-        if recorded.get("config") == wanted and recorded.get("source_fingerprint") == runhash.folder_fingerprint(
-            data["root"]
-        ):
-            return store
-    calibrate_folder(
-        data["root"],
-        store,
-        num_workers=data["num_workers"],
-        calibrate=data.get("calibrate", {}),
-        split=data.get("split", {}),
-        seed=seed,
-        progress=progress,
-    )
-    return store
+def source_fingerprint(root: Path, folders: tuple[str, ...], store: Path) -> str:
+    """The content fingerprint of what calibration reads: the top-level files and `folders` of `root`
+    (its digests cached inside the store folder, so a second check reads no raw byte)."""
+    cache = store / FINGERPRINT_CACHE
+    h = xxhash.xxh3_64()
+    for p in sorted(root.iterdir()):
+        if p.is_file() or p.name in folders:
+            h.update(f"{p.name}:{files.tree_fingerprint(p, cache=cache)}\n".encode())
+    return h.hexdigest()
 
 
-def ensure_simulated(data: dict, seed: int, progress: bool = True) -> Path:
-    """Simulate data["root"] unless it already holds a complete simulation with these parameters."""
-    root = Path(data["root"])
-    if sim.read_marker(root) != sim.marker_for(data.get("simulate", {}), seed):
-        sim.simulate(root, **data.get("simulate", {}), seed=seed, num_workers=data["num_workers"], progress=progress)
-    return root
+def store_problem(s: Settings, folders: tuple[str, ...] = (), check_source: bool = False) -> str | None:
+    """Why `data.store` cannot serve `folders` with these settings (None: it can). The raw bytes are
+    compared only with `check_source` (the calibrate stage); later stages trust the store's record."""
+    store = Path(s.data.store)
+    if not (store / st.MANIFEST_NAME).is_file() or not (store / st.H5_NAME).is_file():
+        return "no calibrated store"
+    recorded = st.read_manifest(store)
+    if recorded.get("config") != _store_config(s.data.calibrate, s.data.split, s.seed):
+        return "the store was calibrated with other settings"
+    if not set(folders) <= set(recorded.get("folders", ())):
+        return f"the store holds {', '.join(recorded.get('folders', ())) or 'no'} folders, not {', '.join(folders)}"
+    held = tuple(recorded.get("folders", ()))
+    if check_source and recorded.get("source_fingerprint") != source_fingerprint(Path(s.data.root), held, store):
+        return "the raw folder's content has changed"
+    return None
+
+
+def require_store(s: Settings, folders: tuple[str, ...] = ()) -> Path:
+    """`data.store`, checked; a missing or stale store is one line naming the command that makes it."""
+    problem = store_problem(s, folders)
+    if problem is not None:
+        raise DataError(f"{s.data.store}: {problem}; run `spectramind calibrate` first")
+    return Path(s.data.store)
 
 
 def calibrate_folder(
@@ -70,18 +89,26 @@ def calibrate_folder(
     store: str | Path,
     *,
     num_workers: int,
-    calibrate: dict,
-    split: dict,
+    calibrate: Calibrate,
+    split: Split,
     seed: int,
+    folders: tuple[str, ...] = FOLDERS,
+    fingerprint: str,
     progress: bool = True,
 ) -> dict:
-    """Calibrate every visit under root/train and root/test into `store`; returns the summary."""
+    """Calibrate every visit under root/<folder> for `folders` into `store`; returns the summary.
+
+    Every planet of root/train and root/test is listed in the manifest (the splits are drawn from all
+    labelled planets), but only `folders` are read and calibrated.
+    """
     started = time.perf_counter()
     root, store = Path(root), Path(store)
-    opts = cal.Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in calibrate.items()})
-    visits = af.list_visits(root, "train") + af.list_visits(root, "test")
+    opts = calibrate
+    (store / st.MANIFEST_NAME).unlink(missing_ok=True)  # from here on the store is incomplete until rewritten
+    listed = af.list_visits(root, "train") + af.list_visits(root, "test")
+    visits = [v for v in listed if v.split in folders]
     if not visits:
-        raise DataError(f"{root}: no planet folders under train/ or test/")
+        raise DataError(f"{root}: no planet folders under {' or '.join(f + '/' for f in folders)}")
     adc, axis = af.read_adc(root), af.read_axis_info(root)
     for inst, key in (("AIRS-CH0", "airs_bin"), ("FGS1", "fgs1_bin")):
         if len(axis[f"{inst}-axis0-h"]) // 2 < getattr(opts, key):
@@ -89,12 +116,12 @@ def calibrate_folder(
                 f"{root / 'axis_info.parquet'}: {len(axis[f'{inst}-axis0-h']) // 2} {inst} CDS frames per visit, "
                 f"fewer than one time bin (data.calibrate.{key}={getattr(opts, key)})"
             )
-    stars = {s: af.read_star_info(root, s) for s in ("train", "test") if any(v.split == s for v in visits)}
+    stars = {s: af.read_star_info(root, s) for s in FOLDERS if any(v.split == s for v in listed)}
     targets = af.read_targets(root) if (root / "train.csv").is_file() else None
-    for v in visits:
+    for v in listed:
         if v.planet_id not in stars[v.split].index:
             raise DataError(f"{root / f'{v.split}_star_info.csv'}: unknown planet id {v.planet_id} (folder {v.folder})")
-    manifest = _manifest(root, visits, targets, split, seed)
+    manifest = _manifest(root, listed, targets, split, seed)
     labelled = manifest["splits"]["train"]
     train_targets = np.array([targets.loc[p].to_numpy() for p in labelled]) if labelled else np.zeros((0, 283))
     star_rows = {pid: _star_row(stars[split_].loc[pid]) for split_ in stars for pid in stars[split_].index}
@@ -136,12 +163,13 @@ def calibrate_folder(
         "seconds_per_visit": round(seconds / len(visits), 4),
     }
     files.write_json(store / st.SUMMARY_NAME, summary)
-    manifest["config"] = _store_config({"calibrate": calibrate, "split": split}, seed)
+    manifest.update(config=_store_config(calibrate, split, seed), folders=list(folders),
+                    source_fingerprint=fingerprint)
     files.write_json(store / st.MANIFEST_NAME, manifest)  # last: its presence marks a complete store
     return summary
 
 
-def read_visit(visit: af.Visit, axis: dict, opts: cal.Options) -> tuple[dict, dict]:
+def read_visit(visit: af.Visit, axis: dict, opts: Calibrate) -> tuple[dict, dict]:
     """The reads calibration uses (only its pixels) and the calibration maps of one visit, checked."""
     raw = {
         inst: af.read_signal(visit, inst, len(axis[f"{inst}-axis0-h"]), cal.pixels(inst, opts))
@@ -179,9 +207,9 @@ def _star_row(row) -> np.ndarray:
     return np.r_[values, duration].astype(np.float32)
 
 
-def _manifest(root: Path, visits: list, targets, split: dict, seed: int) -> dict:
+def _manifest(root: Path, visits: list, targets, split: Split, seed: int) -> dict:
     """Planets, visits and the planet-level train/val/test split of labelled planets; test/ is "predict"."""
-    val_fraction, test_fraction = split.get("val_fraction", 0.15), split.get("test_fraction", 0.15)
+    val_fraction, test_fraction = split.val_fraction, split.test_fraction
     planets = {}
     for v in visits:
         entry = planets.setdefault(v.planet_id, {"planet_id": v.planet_id, "folder": v.split, "visits": []})
@@ -203,7 +231,6 @@ def _manifest(root: Path, visits: list, targets, split: dict, seed: int) -> dict
     return {
         "schema_version": st.SCHEMA_VERSION,
         "source": str(root),
-        "source_fingerprint": runhash.folder_fingerprint(root),
         "seed": seed,
         "fractions": {"val": val_fraction, "test": test_fraction},
         "planets": [planets[p] for p in sorted(planets)],
@@ -211,10 +238,10 @@ def _manifest(root: Path, visits: list, targets, split: dict, seed: int) -> dict
     }
 
 
-def _store_config(data: dict, seed: int) -> dict:
-    return {
-        "calibrate": data.get("calibrate", {}),
-        "split": data.get("split", {}),
-        "seed": seed,
-        "schema_version": st.SCHEMA_VERSION,
-    }
+def _store_config(calibrate: Calibrate, split: Split, seed: int) -> dict:
+    """What a store is a calibration with (besides its raw bytes and the calibration code)."""
+    from spectramind.config.provenance import code_digest
+
+    config = {"calibrate": dataclasses.asdict(calibrate), "split": dataclasses.asdict(split), "seed": seed,
+              "schema_version": st.SCHEMA_VERSION, "code": code_digest("calibrate")}
+    return json.loads(json.dumps(config))  # as the manifest reads back: tuples become lists

@@ -10,6 +10,7 @@ writes the truth (`train.csv`, `simulation_test_truth.csv`), the oracle noise pe
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -18,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from spectramind import files
+from spectramind.config.settings import Settings, Simulate
 from spectramind.data import ariel_format as af
 from spectramind.data import instrument as ins
 from spectramind.data.parallel import imap_unordered
+from spectramind.errors import ConfigError
 from spectramind.physics import spectra
 from spectramind.physics.wavelengths import FGS1_WAVELENGTH_UM, airs_detector_wavelengths_um
 
@@ -29,42 +32,19 @@ MARKER = "simulation.json"  # written last: its presence and content say the fol
 _CHUNK_PAIRS = 400  # bounds memory at full size: (pairs, 32, 356) float32 temporaries stay ~20 MB each
 
 
-def simulate(
-    root: str | Path,
-    *,
-    n_train: int,
-    n_test: int,
-    two_visit_fraction: float,
-    airs_reads: int,
-    fgs1_reads: int,
-    cosmic_ray_rate: float,
-    jitter_px: float,
-    seed: int,
-    star_table: str | None = None,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> dict:
+def simulate(root: str | Path, sim: Simulate, *, seed: int, num_workers: int, progress: bool = True) -> dict:
     """Write a complete raw folder at `root` (built beside it, renamed into place); returns a summary.
 
-    star_table: a `*_star_info.csv` (e.g. the competition's train_star_info.csv) to draw stars and orbits
+    sim.star_table: a `*_star_info.csv` (e.g. the competition's train_star_info.csv) to draw stars and orbits
     from; None draws them from distributions spanning the real table's ranges (the package ships no data).
     """
-    if airs_reads % 2 or fgs1_reads % 2:
+    if sim.airs_reads % 2 or sim.fgs1_reads % 2:
         raise ValueError("airs_reads and fgs1_reads must be even (reads come in CDS pairs)")
     root = Path(root)
-    params = marker_for(
-        dict(
-            n_train=n_train,
-            n_test=n_test,
-            two_visit_fraction=two_visit_fraction,
-            airs_reads=airs_reads,
-            fgs1_reads=fgs1_reads,
-            cosmic_ray_rate=cosmic_ray_rate,
-            jitter_px=jitter_px,
-            star_table=star_table,
-        ),
-        seed,
-    )
+    params = marker_for(sim, seed)
+    n_train, n_test, airs_reads, fgs1_reads = sim.n_train, sim.n_test, sim.airs_reads, sim.fgs1_reads
+    cosmic_ray_rate, jitter_px, two_visit_fraction, star_table = (sim.cosmic_ray_rate, sim.jitter_px,
+                                                                 sim.two_visit_fraction, sim.star_table)
     rng = np.random.default_rng(seed)
     stars = None if star_table is None else af.read_star_table(star_table).to_numpy(np.float64)
     planets = [
@@ -99,9 +79,24 @@ def simulate(
     return {"planets": len(planets), "visits": sum(p["n_visits"] for p in planets), "root": str(root)}
 
 
-def marker_for(settings: dict, seed: int) -> dict:
-    """What the marker of a simulation with these `data.simulate` settings and seed holds."""
-    return {"star_table": None, **settings, "seed": seed, "schema_version": SCHEMA_VERSION}
+def marker_for(settings: Simulate, seed: int) -> dict:
+    """What the marker of a simulation with these settings, seed and simulator code holds."""
+    from spectramind.config.provenance import code_digest
+
+    return {**dataclasses.asdict(settings), "seed": seed, "schema_version": SCHEMA_VERSION,
+            "code": code_digest("simulate")}
+
+
+def simulate_raw(s: Settings, progress: bool = True) -> dict:
+    """The simulate stage: write `data.root` unless it already holds this simulation; returns a summary."""
+    if s.data.simulate is None:
+        raise ConfigError(f"data={s.data.name}: simulate writes only the synthetic set (data=synthetic)")
+    root = Path(s.data.root)
+    marker = marker_for(s.data.simulate, s.seed)
+    if read_marker(root) == marker:
+        return {"root": str(root), "n_train": marker["n_train"], "n_test": marker["n_test"], "cached": True}
+    simulate(root, s.data.simulate, seed=s.seed, num_workers=s.data.num_workers, progress=progress)
+    return {"root": str(root), "n_train": marker["n_train"], "n_test": marker["n_test"], "cached": False}
 
 
 def read_marker(root: str | Path) -> dict | None:

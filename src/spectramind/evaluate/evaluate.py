@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from spectramind import files, metric
+from spectramind.config.settings import Settings
 from spectramind.data import ariel_format as af
 from spectramind.errors import DataError
 from spectramind.evaluate import plots, submission
@@ -70,31 +71,28 @@ def load_truth(root: str | Path, ids) -> tuple[np.ndarray, float, float, np.ndar
     return y, naive_mean, naive_sigma, sigma_opt
 
 
-def evaluate(split: str, plot_planets: int, out_dir: str | None, *, predict_cfg: dict, data: dict, model: dict,
-             seed: int, output_dir: str | Path, run_dir: Path, events=None, progress: bool = True) -> dict:
-    """Predict `split`, score it, and write metrics.json, per_bin.csv and the PNGs beside the submission:
-    in `out_dir` when given, else the training run's folder when predicting from a run, else this
-    stage's `run_dir`."""
+def evaluate(s: Settings, run_dir: Path, events=None, progress: bool = True) -> dict:
+    """Predict `evaluate.split`, score it, and write metrics.json, per_bin.csv and the PNGs beside the
+    submission: in `evaluate.out_dir` when given, else in this stage's own `run_dir`."""
     from spectramind.evaluate.predict import predict
 
-    out = str(Path(out_dir) / "submission.csv") if out_dir else None
-    pred = predict(predict_cfg["run"], split, out, predict_cfg["batch_size"], predict_cfg["device"],
-                   data=data, model=model, seed=seed, output_dir=output_dir, run_dir=run_dir, events=events,
+    out_dir = Path(s.evaluate.out_dir) if s.evaluate.out_dir else Path(run_dir)
+    pred = predict(s, run_dir, split=s.evaluate.split, out=str(out_dir / "submission.csv"), events=events,
                    progress=progress)
     frame = submission.read(pred["submission"])
     ids = frame["planet_id"].tolist()
     values = frame.drop(columns=["planet_id"])
     mu = values[[c for c in values.columns if c.startswith("wl_")]].to_numpy(np.float64)
     sigma = values[[c for c in values.columns if c.startswith("sigma_")]].to_numpy(np.float64)
-    y, naive_mean, naive_sigma, sigma_opt = load_truth(data["root"], ids)
+    y, naive_mean, naive_sigma, sigma_opt = load_truth(s.data.root, ids)
     metrics, per_bin = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
-    metrics.update(split=split, model=pred["model"], run=pred["run"], predict_seconds=pred["seconds"])
-    folder = Path(pred["folder"])
+    metrics.update(split=s.evaluate.split, model=pred["model"], run=pred["run"], predict_seconds=pred["seconds"])
+    folder = out_dir
     files.write_json(folder / "metrics.json", metrics)
     with files.atomic_path(folder / "per_bin.csv") as tmp:
         per_bin.to_csv(tmp, index=False)
     wl = per_bin["wavelength_um"].to_numpy()
-    figures = [plots.spectra(folder / "spectra.png", wl, ids, y, mu, sigma, plot_planets),
+    figures = [plots.spectra(folder / "spectra.png", wl, ids, y, mu, sigma, s.evaluate.plot_planets),
                plots.score_per_wavelength(folder / "score_per_wavelength.png", per_bin)]
     if events is not None:
         events.emit("evaluate", **{k: v for k, v in metrics.items()

@@ -4,6 +4,7 @@ calibrated store, visits combined per planet, written as a validated submission.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from spectramind import files
 from spectramind.config import runhash
+from spectramind.config.settings import Settings
 from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError, DataError
 from spectramind.evaluate import submission
@@ -74,39 +76,60 @@ def checkpoint_path(run_dir: Path) -> Path:
     raise DataError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt; train this run first")
 
 
-def build_model(model_cfg: dict, attrs: dict, state: dict | None = None) -> torch.nn.Module:
-    """Instantiate the model section (setup code: the one place predict uses Hydra) and load weights."""
-    from hydra.utils import instantiate
+def trained_settings(folder: Path) -> Settings:
+    """The settings a training run was made with, from its config.yaml, through the same schema and
+    `_target_` allowlist as any config: a crafted run folder cannot name a callable of its own."""
+    import yaml
+
+    from spectramind.config.schema import validate
+    from spectramind.config.settings import build
+
+    path = folder / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        validate(cfg)
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: unreadable run config ({str(e).splitlines()[0]})") from e
+    except ConfigError as e:
+        raise DataError(f"{path}: not a valid run config ({e})") from e
+    return build(cfg)
+
+
+def build_model(s: Settings, attrs: dict, state: dict | None = None) -> torch.nn.Module:
+    """The model of `s` sized for the store, with the weights of `state` when given."""
+    from spectramind.models.baseline import fit_kwargs
 
     n_star = attrs.get("n_star", len(attrs["star_columns"]))
-    model = instantiate(model_cfg, n_time=attrs["n_time"], n_bins=attrs["n_bins"], n_star=n_star)
+    model = s.model.instantiate(n_time=attrs["n_time"], n_bins=attrs["n_bins"], n_star=n_star, **fit_kwargs(s))
     if state is not None:
         model.load_state_dict(state["model"])
     return model.eval()
 
 
-def require_run(model: dict, run: str | None) -> None:
-    if run is None and model.get("_target_") != FIT_TARGET:
-        raise ConfigError(f"predict.run: required for model {model.get('_target_')} (a run folder, a run "
+def require_run(s: Settings) -> None:
+    if s.predict.run is None and s.model.target != FIT_TARGET:
+        raise ConfigError(f"predict.run: required for model {s.model.target} (a run folder, a run "
                           "hash or 'latest'); only model=fit predicts without training")
 
 
-def load_model(model: dict, run: str | None, output_dir: str | Path,
-               attrs: dict) -> tuple[torch.nn.Module, dict]:
-    """The model to predict with and where it came from: a run's checkpoint (its own model section wins
-    over the current config), or the physics fit, which needs no run."""
+def load_model(s: Settings, attrs: dict) -> tuple[torch.nn.Module, Settings, dict]:
+    """The model to predict with, the settings it was made with, and where it came from: a run's
+    checkpoint (its own settings win over the current ones), or the physics fit, which needs no run."""
     from spectramind.train import checkpoint
 
-    require_run(model, run)
-    if run is None:
-        return build_model(model, attrs), {"model": FIT_TARGET, "run": None}
-    folder = resolve_run(run, output_dir)
-    import yaml
-
-    trained = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["model"]
+    require_run(s)
+    if s.predict.run is None:
+        return build_model(s, attrs), s, {"model": FIT_TARGET, "run": None}
+    folder = resolve_run(s.predict.run, s.paths.output_dir)
+    trained = dataclasses.replace(trained_settings(folder), data=s.data)
     ckpt = checkpoint_path(folder)
-    source = {"model": trained["_target_"], "run": str(folder), "checkpoint": str(ckpt)}
-    return build_model(trained, attrs, checkpoint.load(ckpt)), source
+    source = {"model": trained.model.target, "run": str(folder), "checkpoint": str(ckpt)}
+    return build_model(trained, attrs, checkpoint.load(ckpt)), trained, source
+
+
+def split_folders(split: str) -> tuple[str, ...]:
+    """The raw folders a split of the store comes from: only test/ for the submission's planets."""
+    return {"predict": ("test",), "all": ("train", "test")}.get(split, ("train",))
 
 
 @torch.no_grad()
@@ -134,35 +157,34 @@ def predict_visits(model: torch.nn.Module, dataset, batch_size: int, device: tor
     return np.concatenate(ids), np.concatenate(mus), np.concatenate(sigmas)
 
 
-def predict(run: str | None, split: str, out: str | None, batch_size: int, device: str, *, data: dict,
-            model: dict, seed: int, output_dir: str | Path, run_dir: Path, events=None,
+def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | None = None, events=None,
             progress: bool = True) -> dict:
-    """Write `out` for the planets of `split`; returns a summary.
+    """Write a validated submission.csv for the planets of `split` (default predict.split); returns a summary.
 
-    Outputs go to the training run's folder when predicting from a run (where `evaluate` and the
-    ablation leaderboard look for them), else to this stage's `run_dir`; `out` moves submission.csv and
-    predict_summary.json.
+    Every file goes to `out`'s folder (default predict.out) when given, else to this stage's own `run_dir`:
+    a finished training run is never written into.
     """
     from spectramind.data.dataset import LightCurveDataset, read_store_attrs
-    from spectramind.data.prepare import ensure_store
-    from spectramind.models.baseline import sidecars_for
+    from spectramind.data.prepare import require_store
+    from spectramind.models.baseline import require_baseline
 
     start = time.time()
-    require_run(model, run)  # before the store is built: fail at start-up
-    store = ensure_store(data, seed)
+    split = split or s.predict.split
+    out = out or s.predict.out
+    require_run(s)  # before anything is read: fail at start-up
+    store = require_store(s, split_folders(split))
     attrs = read_store_attrs(store)
-    net, source = load_model(model, run, output_dir, attrs)
-    dev = resolve_device(device, "predict.device")
-    dataset = LightCurveDataset(store, split, sidecars=sidecars_for(net, store, dev))
-    ids, mu, sigma = combine_visits(*predict_visits(net, dataset, batch_size, dev, progress))
+    net, trained, source = load_model(s, attrs)
+    dev = resolve_device(s.predict.device, "predict.device")
+    dataset = LightCurveDataset(store, split, sidecars=require_baseline(trained))
+    ids, mu, sigma = combine_visits(*predict_visits(net, dataset, s.predict.batch_size, dev, progress))
     negative = int((mu < 0).sum())
     mu = np.maximum(mu, 0.0)  # a depth cannot be negative and the scorer rejects negative values
-    sample = Path(data["root"]) / "sample_submission.csv"
+    sample = Path(s.data.root) / "sample_submission.csv"
     columns = submission.sample_columns(sample, mu.shape[1])
     # The test/ folder's planets are exactly the sample submission's: any other set would be rejected.
     expected = submission.sample_ids(sample) if split == "predict" and sample.is_file() else None
-    # An explicit `out` keeps every file of this stage beside it (a DVC stage's fixed output folder).
-    folder = Path(out).parent if out else Path(source["run"]) if source["run"] else Path(run_dir)
+    folder = Path(out).parent if out else Path(run_dir)
     path = submission.write(Path(out) if out else folder / "submission.csv", ids, mu, sigma,
                             expected_ids=expected, columns=columns)
     summary = {"submission": str(path), "folder": str(folder), "planets": len(ids), "visits": len(dataset),

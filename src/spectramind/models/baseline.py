@@ -1,13 +1,16 @@
-"""The physics baseline's outputs cached beside the store, as a sidecar HDF5 that the dataset merges in.
+"""The fit stage: the physics baseline of every visit of the store, as a sidecar HDF5 the dataset merges in.
 
 A sidecar has the store's layout (/visits/<planet_id>_<visit>/<name>) with `baseline_mu` and
-`baseline_sigma` (283,) per visit. Its name carries a hash of the fit's settings and of the store
-file, so a change to either makes a new one; an existing one is reused as it is.
+`baseline_sigma` (283,) per visit. It lives in `data.baseline`, named by a hash of the fit's settings,
+of the store's content and of the fit's code, so a change to any of them makes a new one (a copy or a
+`dvc checkout` of the same store finds the old one); an existing one is reused as it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -16,31 +19,40 @@ import torch
 import xxhash
 
 from spectramind import files
+from spectramind.config.settings import Fit, Settings
 from spectramind.data.store import H5_NAME
+from spectramind.errors import DataError
 from spectramind.models.fit import PhysicsFit
 from spectramind.progress import bar
 
 _INPUTS = ("flux", "flux_err", "time", "jitter", "star")
+# Models whose batches carry the baseline's outputs (they correct it): they need the fit stage first.
+NEEDS_BASELINE = ("spectramind.models.nets.ResidualNet",)
 
 
-def sidecar_path(store: str | Path, fit_config: dict) -> Path:
-    """Beside the store, not inside it: the store is the calibrate stage's output and stays as written."""
-    h5 = Path(store) / H5_NAME
-    stat = h5.stat()
-    key = xxhash.xxh3_64(json.dumps({"fit": fit_config, "store": [stat.st_size, stat.st_mtime_ns]},
-                                    sort_keys=True).encode()).hexdigest()
-    return Path(f"{Path(store)}.baseline") / f"baseline_{key}.h5"
+def sidecar_path(s: Settings) -> Path:
+    from spectramind.config.provenance import code_digest
+
+    key = xxhash.xxh3_64(json.dumps({
+        "fit": dataclasses.asdict(s.fit),
+        "store": files.tree_fingerprint(Path(s.data.store) / H5_NAME),
+        "code": code_digest("fit"),
+    }, sort_keys=True).encode()).hexdigest()
+    return Path(s.data.baseline) / f"baseline_{key}.h5"
 
 
-def ensure_baseline(store: str | Path, fit_config: dict, device: torch.device | str = "cpu",
-                    batch_size: int = 16, progress: bool = True) -> Path:
-    """Fit every visit of the store once with PhysicsFit(**fit_config); returns the sidecar's path."""
-    path = sidecar_path(store, fit_config)
+def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: int = 16,
+                 progress: bool = True) -> dict:
+    """The fit stage: fit every visit of `data.store` once with the `fit` settings; returns a summary."""
+    from spectramind.data.prepare import require_store
+
+    started = time.perf_counter()
+    store = require_store(s)
+    path = sidecar_path(s)
     if path.is_file():
-        return path
-    fit = PhysicsFit(**fit_config).to(device)
-    with h5py.File(Path(store) / H5_NAME, "r") as src, files.atomic_path(path) as tmp, \
-            h5py.File(tmp, "w") as dst:
+        return {"baseline": str(path), "cached": True}
+    fit = PhysicsFit(s.fit).to(device)
+    with h5py.File(store / H5_NAME, "r") as src, files.atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
         keys = sorted(src["visits"])
         out = dst.create_group("visits")
         with bar("baseline fit", len(keys), enabled=progress) as advance:
@@ -54,14 +66,24 @@ def ensure_baseline(store: str | Path, fit_config: dict, device: torch.device | 
                     g.create_dataset("baseline_mu", data=mu[i].cpu().numpy())
                     g.create_dataset("baseline_sigma", data=sigma[i].cpu().numpy())
                     advance()
-        dst.attrs["fit_config"] = json.dumps(fit_config, sort_keys=True)
-    return path
+        dst.attrs["fit_config"] = json.dumps(dataclasses.asdict(s.fit), sort_keys=True)
+    return {"baseline": str(path), "visits": len(keys), "cached": False,
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
-def sidecars_for(model: torch.nn.Module, store: str | Path,
-                 device: torch.device | str = "cpu") -> tuple[Path, ...]:
-    """The sidecar files `model` reads from its batches (the residual net: the baseline's outputs)."""
-    fit_config = getattr(model, "fit_config", None)
-    if fit_config is None:
+def require_baseline(s: Settings) -> tuple[Path, ...]:
+    """The sidecars `s.model` reads from its batches: the fit stage's output for models on the baseline."""
+    if s.model.target not in NEEDS_BASELINE:
         return ()
-    return (ensure_baseline(store, fit_config, device),)
+    path = sidecar_path(s)
+    if not path.is_file():
+        raise DataError(f"{path}: no physics baseline for this store and fit settings; run `spectramind fit` first")
+    return (path,)
+
+
+def fit_kwargs(s: Settings) -> dict:
+    """What a model built on the baseline takes besides its own section: the baseline's settings."""
+    return {"fit": s.fit} if s.model.target in NEEDS_BASELINE or s.model.target == PhysicsFit.TARGET else {}
+
+
+__all__ = ["Fit", "NEEDS_BASELINE", "fit_baseline", "fit_kwargs", "require_baseline", "sidecar_path"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spectramind.errors import ConfigError
+from spectramind.config.settings import Fit
 from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
 from spectramind.physics.wavelengths import target_wavelengths_um
 
@@ -30,29 +30,25 @@ _DEPTH_RANGE = (1e-8, 0.25)  # (Rp/Rs)^2: the transit model needs 0 < Rp/Rs < 1
 class PhysicsFit(nn.Module):
     """forward(batch) -> (mu, sigma), each (visits, bins); `fit(batch)` also returns the diagnostics."""
 
-    def __init__(self, n_time: int | None = None, n_bins: int = 283, n_star: int | None = None,
-                 drift_degree: int = 2, use_jitter: bool = True, outlier_sigma: float = 5.0,
-                 iterations: int = 5, t0_grid: int = 96, red_noise_window: int = 15,
-                 min_transit_snr: float = 5.0, failed_sigma_factor: float = 10.0,
-                 failed_sigma_min: float = 2e-3, sigma_scale: float = 1.0, common_mode: bool = True,
-                 spectral_outlier_sigma: float = 8.0, drift: str = "polynomial"):
+    TARGET = "spectramind.models.fit.PhysicsFit"
+
+    def __init__(self, fit: Fit, n_time: int | None = None, n_bins: int = 283, n_star: int | None = None):
         super().__init__()
         self.n_bins = n_bins
-        if drift not in ("shared", "polynomial"):
-            raise ConfigError(f"model.drift: expected 'shared' or 'polynomial', got {drift!r}")
-        self.drift = drift                          # polynomial per bin, or shared (see _bin_design)
-        self.drift_degree = drift_degree            # polynomial degree of the drift in time
-        self.use_jitter = use_jitter
-        self.common_mode = common_mode              # regress every bin on the white light's residual
-        self.outlier_sigma = outlier_sigma          # residuals beyond this many robust sigmas are rejected
-        self.iterations = iterations                # Gauss-Newton steps before and after outlier rejection
-        self.t0_grid = t0_grid                      # coarse grid points for t0 over the visit
-        self.red_noise_window = red_noise_window    # bins in the running median of the red-noise factor
-        self.spectral_outlier_sigma = spectral_outlier_sigma  # a bin this far from its neighbours has failed
-        self.min_transit_snr = min_transit_snr      # white depth / its error below this: transit not found
-        self.failed_sigma_factor = failed_sigma_factor
-        self.failed_sigma_min = failed_sigma_min    # widened sigma is at least this (depth units)
-        self.sigma_scale = sigma_scale              # global calibration factor on sigma
+        self.settings = fit
+        self.drift = fit.drift                          # polynomial per bin, or shared (see _bin_design)
+        self.drift_degree = fit.drift_degree            # polynomial degree of the drift in time
+        self.use_jitter = fit.use_jitter
+        self.common_mode = fit.common_mode              # regress every bin on the white light's residual
+        self.outlier_sigma = fit.outlier_sigma          # residuals beyond this many robust sigmas are rejected
+        self.iterations = fit.iterations                # Gauss-Newton steps before and after outlier rejection
+        self.t0_grid = fit.t0_grid                      # coarse grid points for t0 over the visit
+        self.red_noise_window = fit.red_noise_window    # bins in the running median of the red-noise factor
+        self.spectral_outlier_sigma = fit.spectral_outlier_sigma  # a bin this far from its neighbours has failed
+        self.min_transit_snr = fit.min_transit_snr      # white depth / its error below this: transit not found
+        self.failed_sigma_factor = fit.failed_sigma_factor
+        self.failed_sigma_min = fit.failed_sigma_min    # widened sigma is at least this (depth units)
+        self.sigma_scale = fit.sigma_scale              # global calibration factor on sigma
         self.register_buffer("wavelength", torch.from_numpy(target_wavelengths_um(n_bins)), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

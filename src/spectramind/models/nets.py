@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spectramind.config.settings import Fit
 from spectramind.models.fit import PhysicsFit
 from spectramind.physics.wavelengths import target_wavelengths_um
 
@@ -60,7 +61,7 @@ class ResidualNet(nn.Module):
     """
 
     def __init__(self, n_time: int | None = None, n_bins: int = 283, n_star: int = 9, channels: int = 64,
-                 layers: int = 4, kernel: int = 9, dropout: float = 0.1, fit: dict | None = None):
+                 layers: int = 4, kernel: int = 9, dropout: float = 0.1, *, fit: Fit):
         super().__init__()
         self.n_bins = n_bins
         self.inp = nn.Conv1d(4, channels, 1)
@@ -74,8 +75,7 @@ class ResidualNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         wl = torch.from_numpy(target_wavelengths_um(n_bins)).float()
         self.register_buffer("wavelength", (wl - wl.mean()) / wl.std(), persistent=False)
-        self.fit_config = {"n_bins": n_bins, **dict(fit or {})}  # also names the cached baseline sidecar
-        self.baseline = PhysicsFit(**self.fit_config)
+        self.baseline = PhysicsFit(fit, n_bins=n_bins)  # when a batch carries no precomputed baseline
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if "baseline_mu" in batch:

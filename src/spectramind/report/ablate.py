@@ -39,7 +39,8 @@ class Point:
     status: str = "pending"       # pending, complete or failed
     error: str | None = None      # the one line that says why it failed
     data_store: str | None = None  # the calibrated store it reads (points of one outputs folder share it)
-    data_key: str | None = None    # what that store must hold: the data section and the seed
+    data_key: str | None = None    # what that store must hold: the data and fit sections and the seed
+    simulated: bool = False        # its data is the simulated set (made by `spectramind simulate`)
 
 
 def split_arguments(arguments: list[str]) -> tuple[list[str], list[str]]:
@@ -76,22 +77,25 @@ def run_folder(output_dir: str | os.PathLike, run_hash: str) -> Path:
 
 def plan(points: list[list[str]]) -> list[Point]:
     """Resolve each point: its run hash and what is already done, or the config error that stops it."""
-    from spectramind.config.stage import resolve
+    from spectramind.config.runhash import evaluations
+    from spectramind.config.stage import load, run_hash
+    from spectramind.pipeline import input_fingerprint
 
     planned = []
     for i, overrides in enumerate(points):
         point = Point(i, overrides)
         try:
-            cfg, point.run_hash = resolve("train", overrides)
+            cfg, s = load(overrides)
+            point.run_hash = run_hash("train", cfg, input_fingerprint("train", s))
         except SpectraMindError as e:
             point.status, point.error = "failed", str(e)
         else:
-            point.data_store = str(cfg["data"]["store"])
-            data = json.dumps([cfg["data"], cfg["seed"]], sort_keys=True)
+            point.data_store, point.simulated = s.data.store, s.data.simulate is not None
+            data = json.dumps([cfg["data"], cfg["fit"], cfg["seed"]], sort_keys=True)
             point.data_key = xxhash.xxh3_64(data.encode()).hexdigest()
-            folder = run_folder(cfg["paths"]["output_dir"], point.run_hash)
+            folder = run_folder(s.paths.output_dir, point.run_hash)
             point.trained = files.read_json(folder / "summary.json").get("status") == "complete"
-            point.evaluated = point.trained and (folder / "metrics.json").is_file()
+            point.evaluated = point.trained and point.run_hash in evaluations(s.paths.output_dir)
             point.status = "complete" if point.evaluated else "pending"
         planned.append(point)
     return planned
@@ -144,7 +148,10 @@ def prepare_data(points: list[Point], waiting: list[int], sweep_dir: Path) -> bo
         if point.data_key in stores:
             continue
         stores[point.data_key] = point.data_store
-        error = _cli(["calibrate", *point.overrides], sweep_dir / f"data_{point.data_key}.log", _env())
+        error = None
+        for stage in ("simulate", "calibrate", "fit"):  # the inputs of train; simulate only for simulated data
+            if error is None and (stage != "simulate" or point.simulated):
+                error = _cli([stage, *point.overrides], sweep_dir / f"data_{point.data_key}_{stage}.log", _env())
         for other in points:
             if error and other.data_key == point.data_key and other.status == "pending":
                 other.status, other.error = "failed", error
@@ -177,11 +184,14 @@ def run_pending(points: list[Point], launcher_args: list[str], sweep_dir: Path, 
     the same run must not train one folder at once); the points are updated in place."""
     from spectramind.report import launch
 
-    first = {p.run_hash: p.index for p in reversed(points) if p.status == "pending"}
-    concurrent = parallel > 1 or any(a.startswith("hydra/launcher=") for a in launcher_args)
-    if first and concurrent and not prepare_data(points, sorted(first.values()), sweep_dir):
+    pending = [p.index for p in points if p.status == "pending"]
+    if pending and not prepare_data(points, pending, sweep_dir):
         log.warning("ablate: the points need different datasets in one data folder; one point at a time")
         parallel = 1
+    # The run hashes know the inputs by content: plan again now that every input exists.
+    points[:] = [p if p.status == "failed" else Point(**{**asdict(q), "index": p.index})
+                 for p, q in zip(points, plan([p.overrides for p in points]), strict=True)]
+    first = {p.run_hash: p.index for p in reversed(points) if p.status == "pending"}
     first = {h: i for h, i in first.items() if points[i].status == "pending"}  # less those whose data failed
     if not first:
         return

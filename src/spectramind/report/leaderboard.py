@@ -52,8 +52,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
     return params
 
 
-def run_row(folder: Path) -> dict | None:
-    """One train run folder as a leaderboard row (None for other commands' folders)."""
+def run_row(folder: Path, evaluation: Path | None = None) -> dict | None:
+    """One train run folder as a leaderboard row (None for other commands' folders), scored by the
+    folder of its newest evaluate run (found through the run index)."""
     import yaml
 
     events = _events(folder)
@@ -62,7 +63,7 @@ def run_row(folder: Path) -> dict | None:
         return None
     stop = next((e for e in reversed(events) if e.get("event") == "stop"), {})
     summary = files.read_json(folder / "summary.json") or stop
-    metrics = files.read_json(folder / "metrics.json")
+    metrics = files.read_json(evaluation / "metrics.json") if evaluation else {}
     overrides = yaml.safe_load((folder / "overrides.yaml").read_text(encoding="utf-8")) or []
     row = {"run_hash": folder.name, "link": f"runs/{folder.name}/", "params": parse_overrides(overrides),
            "status": summary.get("status", "running"), "error": summary.get("error"),
@@ -91,7 +92,10 @@ def collect(output_dir: str | Path) -> list[dict]:
     """Every row, best score first; rows without a score (failed, unevaluated) last."""
     output_dir = Path(output_dir)
     runs = sorted(p for p in (output_dir / "runs").glob("*") if p.is_dir())
-    rows = [r for r in map(run_row, runs) if r is not None] + folderless_rows(output_dir)
+    from spectramind.config.runhash import evaluations, run_dir
+
+    scored = {trained: run_dir(output_dir, hash_) for trained, hash_ in evaluations(output_dir).items()}
+    rows = [r for r in (run_row(p, scored.get(p.name)) for p in runs) if r is not None] + folderless_rows(output_dir)
     rows.sort(key=lambda r: (r.get("score") is None, -(r.get("score") or 0.0), r["run_hash"] or ""))
     for i, row in enumerate(rows):
         row["best"] = i == 0 and row.get("score") is not None

@@ -14,16 +14,16 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
+from spectramind.config.settings import Trainer as TrainerSettings
 from spectramind.train import guards
 from spectramind.train.distributed import Dist
-from spectramind.train.settings import TrainerConfig
 from spectramind.train.trainer import Trainer
 
 WARMUP_STEPS = 2   # first steps pay for allocator growth, lazy init and (with compile) compilation
 VAL_BATCHES = 3
 
 
-def measure(model, loss_fn, train_set, val_set, trainer: TrainerConfig, *, optimizer, scheduler=None,
+def measure(model, loss_fn, train_set, val_set, trainer: TrainerSettings, *, optimizer, scheduler=None,
             seed: int = 0, steps: int = 5, started_at: float | None = None) -> dict:
     """Run `steps` real optimizer steps (after a warm-up) and a few validation batches; project the run."""
     started_at = started_at or time.time()
@@ -59,7 +59,7 @@ def _time_validation(loop: Trainer) -> float:
     return (time.perf_counter() - begin) / max(1, math.ceil(n / loop.p.micro_batch))
 
 
-def _projection(cfg: TrainerConfig, step_s: float, measured: int, n_train: int, val_batch_s: float,
+def _projection(cfg: TrainerSettings, step_s: float, measured: int, n_train: int, val_batch_s: float,
                 n_val: int, micro: int, host_gib: float, gpu_gib: float, setup_s: float,
                 host_limit_gib: float) -> dict:
     steps_per_epoch = math.ceil(n_train / cfg.effective_batch)

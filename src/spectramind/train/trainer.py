@@ -24,13 +24,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from spectramind import files
+from spectramind.config.settings import Trainer as TrainerSettings
 from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError
 from spectramind.progress import ProgressBar
 from spectramind.train import checkpoint, guards
 from spectramind.train.distributed import Dist, agree_max, all_sum
 from spectramind.train.metrics import MetricsLog, plot_losses
-from spectramind.train.settings import TrainerConfig
 
 COMPLETE_REASONS = ("max_epochs", "early_stopping")
 
@@ -67,7 +67,7 @@ def completed(run_dir: Path) -> dict | None:
 
 
 def fit(model: torch.nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Dataset | None,
-        trainer: TrainerConfig, *, run_dir: str | Path, optimizer: Callable,
+        trainer: TrainerSettings, *, run_dir: str | Path, optimizer: Callable,
         scheduler: Callable | None = None, seed: int = 0, run_hash: str = "", events=None,
         started_at: float | None = None, dist: Dist | None = None) -> dict:
     """Train `model` (resuming `run_dir`'s last checkpoint) and return the run summary.
@@ -87,7 +87,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Da
 class Trainer:
     """One run's objects and its loop; `fit` is the way in, `plan.measure` borrows `step`."""
 
-    def __init__(self, model, loss_fn, train_set, val_set, cfg: TrainerConfig, *, run_dir: Path, optimizer,
+    def __init__(self, model, loss_fn, train_set, val_set, cfg: TrainerSettings, *, run_dir: Path, optimizer,
                  scheduler, seed: int, run_hash: str, events, started_at: float, dist: Dist):
         self.cfg, self.run_dir, self.seed, self.run_hash, self.dist = cfg, run_dir, seed, run_hash, dist
         self.events = events if (events is not None and dist.main) else None

@@ -1,0 +1,219 @@
+"""Typed settings: one frozen dataclass per config section, built once from the validated config.
+
+No field has a default: the YAML under `configs/` is the only home of a default, and a test keeps the
+YAML keys, the schema's properties and these fields the same set for every section. Below the CLI no
+function takes the raw config dict; each stage takes a `Settings` and its inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from spectramind.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Paths:
+    output_dir: str            # root of runs/, logs/ and the run index
+
+
+@dataclass(frozen=True)
+class Simulate:
+    n_train: int
+    n_test: int
+    two_visit_fraction: float
+    airs_reads: int
+    fgs1_reads: int
+    cosmic_ray_rate: float
+    jitter_px: float
+    star_table: str | None
+
+
+@dataclass(frozen=True)
+class Calibrate:
+    adc_offset_sign: int
+    mask_hot: bool
+    hot_sigma: float
+    linearity: bool
+    dark_dt: str
+    flat_stage: str
+    airs_bin: int
+    fgs1_bin: int
+    airs_rows: tuple[int, int]
+    fgs1_box: tuple[int, int]
+    background_rows: int
+    cosmic_sigma: float
+    fill_masked: bool
+
+
+@dataclass(frozen=True)
+class Split:
+    val_fraction: float
+    test_fraction: float
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str
+    root: str                  # the raw folder (competition layout)
+    store: str                 # the calibrated store
+    baseline: str              # the physics baseline's sidecar files for that store
+    num_workers: int
+    simulate: Simulate | None  # only for the simulated set
+    calibrate: Calibrate
+    split: Split
+
+
+@dataclass(frozen=True)
+class Fit:
+    drift: str
+    drift_degree: int
+    use_jitter: bool
+    common_mode: bool
+    outlier_sigma: float
+    iterations: int
+    t0_grid: int
+    red_noise_window: int
+    spectral_outlier_sigma: float
+    min_transit_snr: float
+    failed_sigma_factor: float
+    failed_sigma_min: float
+    sigma_scale: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """A section Hydra instantiates (model, loss, optimizer, scheduler): its `_target_`, already checked
+    against the schema's allowlist, and the keyword arguments the schema admits for it."""
+
+    target: str
+    params: dict[str, Any]
+
+    def instantiate(self, **extra):
+        from hydra.utils import instantiate
+
+        return instantiate({"_target_": self.target, **self.params}, **extra)
+
+
+@dataclass(frozen=True)
+class GradClip:
+    mode: str
+    value: float
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    enabled: bool
+    monitor: str
+    mode: str
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class Loader:
+    num_workers: int
+    pin_memory: bool
+    prefetch_factor: int | None
+
+
+@dataclass(frozen=True)
+class Budgets:
+    time_min: float | None
+    predict_reserve_min: float
+    gpu_memory_gib: float | None
+    host_memory_gib: float | None
+    min_free_disk_gib: float
+    max_nonfinite_steps: int
+
+
+@dataclass(frozen=True)
+class Trainer:
+    name: str
+    device: str
+    devices: int
+    max_epochs: int
+    batch_size: int
+    accumulate_grad_batches: int
+    max_samples: int | None
+    precision: str
+    grad_clip: GradClip
+    val_every_n_epochs: int
+    checkpoint_every_n_epochs: int
+    keep_last_k: int
+    early_stopping: EarlyStopping
+    compile: bool
+    deterministic: bool
+    log_every_n_steps: int
+    progress_bar: bool
+    loader: Loader
+    budgets: Budgets
+
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step (per process); fixed for the run, whatever OOM recovery does."""
+        return self.batch_size * self.accumulate_grad_batches
+
+
+@dataclass(frozen=True)
+class Predict:
+    run: str | None
+    split: str
+    out: str | None
+    batch_size: int
+    device: str
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    split: str
+    plot_planets: int
+    out_dir: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    seed: int
+    paths: Paths
+    data: Data
+    model: Target
+    fit: Fit
+    loss: Target
+    optimizer: Target
+    scheduler: Target
+    trainer: Trainer
+    predict: Predict
+    evaluate: Evaluate
+
+
+def build(cfg: dict) -> Settings:
+    """Settings from a config the schema has accepted (a mismatch here is a bug, reported by key)."""
+    return _build(Settings, cfg, "")
+
+
+def _build(cls, value, where: str):
+    hints = typing.get_type_hints(cls)
+    if cls is Target:
+        return Target(target=value["_target_"], params={k: v for k, v in value.items() if k != "_target_"})
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(value, dict) or set(value) != set(names):
+        got = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ConfigError(f"{where or '<root>'}: expected the keys {sorted(names)}, got {got}")
+    return cls(**{n: _convert(hints[n], value[n], f"{where}.{n}" if where else n) for n in names})
+
+
+def _convert(hint, value, where: str):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        hint = options[0]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if typing.get_origin(hint) is tuple:
+        return tuple(value)
+    return value
