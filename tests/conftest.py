@@ -27,3 +27,10 @@ def real_sample() -> Path:
     if not REAL_SAMPLE.is_dir():
         pytest.skip(f"real competition sample not found at {REAL_SAMPLE}")
     return REAL_SAMPLE
+
+
+def make_settings(*overrides: str):
+    """Typed settings from the shipped YAML (the one home of every default) plus Hydra overrides."""
+    from spectramind.config.stage import load
+
+    return load(list(overrides))[1]

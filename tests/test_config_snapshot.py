@@ -6,12 +6,17 @@ import multiprocessing as mp
 import yaml
 
 from spectramind.config import runhash
-from spectramind.config.stage import start
+from spectramind.config.stage import load, start
+
+
+def _start(command, overrides):
+    cfg, s = load(overrides)
+    return start(command, cfg, s, overrides, "", with_torch=False)
 
 
 def test_start_snapshots_config_overrides_env_and_index(tmp_path):
     overrides = [f"paths.output_dir={tmp_path}", "trainer=ci_fast"]
-    stage = start("train", overrides, with_torch=False)
+    stage = _start("train", overrides)
     assert stage.run_dir == tmp_path / "runs" / stage.run_hash
     assert yaml.safe_load((stage.run_dir / "config.yaml").read_text()) == stage.cfg
     assert yaml.safe_load((stage.run_dir / "overrides.yaml").read_text()) == overrides
@@ -30,8 +35,8 @@ def test_start_snapshots_config_overrides_env_and_index(tmp_path):
 
 
 def test_same_inputs_find_the_same_run_folder(tmp_path):
-    a = start("train", [f"paths.output_dir={tmp_path}"], with_torch=False)
-    b = start("train", [f"paths.output_dir={tmp_path}", "trainer.max_epochs=50"], with_torch=False)
+    a = _start("train", [f"paths.output_dir={tmp_path}"])
+    b = _start("train", [f"paths.output_dir={tmp_path}", "trainer.max_epochs=50"])
     assert a.run_dir == b.run_dir
     assert len(list((tmp_path / "runs").iterdir())) == 1
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from spectramind.config.stage import resolve
 from spectramind.errors import ConfigError
+from spectramind.pipeline import resolve
 from spectramind.report import ablate, launch
 from spectramind.report.ablate import SWEEP_RECORD, SWEEPS_DIR, Point, expand, split_arguments
 
@@ -56,12 +56,16 @@ def test_data_is_prepared_once_per_dataset_and_shared_folders_run_serially(monke
 
     def fake_cli(args, log_file, env):
         calls.append(args)
-        return "calibrate exited 3: no data" if "seed=3" in args else None
+        return "calibrate exited 3: no data" if "seed=3" in args and args[0] == "calibrate" else None
 
     monkeypatch.setattr(ablate, "_cli", fake_cli)
     same = [Point(i, [f"lr={i}"], f"h{i}", data_store="out/store", data_key="k1") for i in range(3)]
     assert ablate.prepare_data(same, [0, 1, 2], tmp_path) is True
-    assert len(calls) == 1  # one dataset, built once before any point starts
+    assert [c[0] for c in calls] == ["calibrate", "fit"]  # one dataset, built once before any point starts
+    simulated = [Point(0, ["lr=0"], "h0", data_store="out/store", data_key="k9", simulated=True)]
+    calls.clear()
+    ablate.prepare_data(simulated, [0], tmp_path)
+    assert [c[0] for c in calls] == ["simulate", "calibrate", "fit"]
     seeds = [Point(i, [f"seed={i + 2}"], f"h{i}", data_store="out/store", data_key=f"k{i}") for i in range(2)]
     assert ablate.prepare_data(seeds, [0, 1], tmp_path) is False  # two datasets, one folder: take turns
     assert [p.status for p in seeds] == ["pending", "failed"] and seeds[1].error.endswith("no data")

@@ -31,8 +31,13 @@ def fabricate(out: Path, hash_: str, overrides: list[str], command: str = "train
     (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     if summary is not None:
         (folder / "summary.json").write_text(json.dumps(summary))
-    if metrics is not None:
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+    if metrics is not None:  # an evaluate run of its own, found through the run index
+        from spectramind.config.runhash import index_run
+
+        evaluation = out / "runs" / ("e" + hash_[1:])
+        evaluation.mkdir(parents=True)
+        (evaluation / "metrics.json").write_text(json.dumps(metrics))
+        index_run(out, evaluation.name, {"command": "evaluate", "status": "complete", "evaluated_run": hash_})
     return folder
 
 

@@ -376,11 +376,9 @@ def _run(command: str, overrides: list[str], params: str | None, work, uses_torc
 
 
 def _hash(command: str, overrides: list[str]) -> str:
-    from spectramind.config.stage import load, run_hash
-    from spectramind.pipeline import input_fingerprint
+    from spectramind.pipeline import resolve
 
-    cfg, s = load(overrides)
-    return run_hash(command, cfg, input_fingerprint(command, s))
+    return resolve(command, overrides)[1]
 
 
 def _yaml(cfg: dict) -> str:

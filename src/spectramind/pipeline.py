@@ -60,3 +60,11 @@ def missing_inputs(command: str, s: Settings) -> list[str]:
     if command != "calibrate" and s.model.target in NEEDS_BASELINE and (needed or not sidecar_path(s).is_file()):
         needed.append("fit")
     return needed
+
+
+def resolve(command: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, str]:
+    """The validated config and the run hash `command` would have with its inputs as they are now."""
+    from spectramind.config.stage import load, run_hash
+
+    cfg, s = load(list(overrides))
+    return cfg, run_hash(command, cfg, input_fingerprint(command, s))

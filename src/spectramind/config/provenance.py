@@ -27,6 +27,8 @@ ENTRY = {
     "predict": "spectramind.evaluate.predict",
     "evaluate": "spectramind.evaluate.evaluate",
 }
+# The stages that instantiate `_target_` sections (model, loss, optimizer, scheduler).
+INSTANTIATES = ("train", "predict", "evaluate")
 
 
 def _path(module: str, package: Path) -> Path | None:
@@ -63,6 +65,10 @@ def stage_sources(stage: str, package: Path = PACKAGE) -> tuple[str, ...]:
         return tuple(sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")))
     seen: dict[str, Path] = {}
     todo = [ENTRY[stage], FOUNDATION, "spectramind"]
+    if stage in INSTANTIATES:  # what Hydra imports by name: every allowlisted class or function of ours
+        from spectramind.config.schema import allowed_targets
+
+        todo += [t.rsplit(".", 1)[0] for t in allowed_targets() if t.startswith("spectramind.")]
     while todo:
         module = todo.pop()
         if module in seen:
