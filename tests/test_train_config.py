@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_settings
 from hydra.utils import instantiate
 
 from spectramind.config.compose import compose, config_dir
 from spectramind.config.schema import validate
 from spectramind.errors import ConfigError
-from spectramind.train.settings import TrainerConfig
 
 SCHEDULERS = sorted(p.stem for p in (config_dir() / "scheduler").glob("*.yaml"))
 OPTIMIZERS = sorted(p.stem for p in (config_dir() / "optimizer").glob("*.yaml"))
@@ -22,17 +22,17 @@ def _cfg(*overrides: str) -> dict:
 
 
 def test_profiles_carry_their_budgets():
-    full = TrainerConfig(**_cfg("trainer=defaults")["trainer"])
+    full = make_settings("trainer=defaults").trainer
     assert (full.max_epochs, full.batch_size, full.accumulate_grad_batches) == (50, 64, 2)
     assert full.checkpoint_every_n_epochs == 10 and full.precision == "fp16"
-    kaggle = TrainerConfig(**_cfg("trainer=kaggle_safe")["trainer"])
+    kaggle = make_settings("trainer=kaggle_safe").trainer
     assert (kaggle.max_epochs, kaggle.batch_size, kaggle.precision) == (30, 32, "fp16")
     assert kaggle.budgets.time_min == 540 and 0 < kaggle.budgets.predict_reserve_min < 540
     assert kaggle.budgets.gpu_memory_gib <= 15 and kaggle.budgets.host_memory_gib < 31
     assert not kaggle.loader.pin_memory and kaggle.loader.num_workers <= 2
-    ci = TrainerConfig(**_cfg("trainer=ci_fast")["trainer"])
+    ci = make_settings("trainer=ci_fast").trainer
     assert (ci.max_epochs, ci.batch_size, ci.device) == (2, 8, "cpu") and ci.max_samples <= 64
-    assert TrainerConfig(**_cfg("trainer=ablation")["trainer"]).name == "ablation"
+    assert make_settings("trainer=ablation").trainer.name == "ablation"
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -69,22 +70,37 @@ def adam(lr: float = 1e-2):
     return functools.partial(torch.optim.Adam, lr=lr)
 
 
-def trainer_cfg(**overrides):
-    """The ci_fast profile's shape with test-sized values."""
-    from spectramind.train.settings import TrainerConfig
+@functools.cache
+def _ci_fast():
+    """The shipped ci_fast profile, composed from the YAML (the one home of every default)."""
+    from conftest import make_settings
 
-    base = dict(name="test", device="cpu", max_epochs=2, batch_size=8, accumulate_grad_batches=1,
-                precision="fp32", checkpoint_every_n_epochs=1, keep_last_k=1, log_every_n_steps=1,
-                progress_bar=False, early_stopping={"enabled": False, "monitor": "val/loss", "mode": "min",
-                                                    "patience": 3, "min_delta": 0.0},
-                budgets={"time_min": None, "predict_reserve_min": 0, "gpu_memory_gib": None,
-                         "host_memory_gib": None, "min_free_disk_gib": 0.0, "max_nonfinite_steps": 3})
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return TrainerConfig(**base)
+    return make_settings("trainer=ci_fast").trainer
+
+
+# Test-sized values on top of ci_fast: the toy runs use every sample, keep no time or disk budget and give
+# up after a few non-finite steps. Nested sections are partial: only the keys named change.
+TEST_VALUES = dict(name="test", device="cpu", max_epochs=2, batch_size=8, accumulate_grad_batches=1,
+                   max_samples=None, precision="fp32", checkpoint_every_n_epochs=1, keep_last_k=1,
+                   log_every_n_steps=1, progress_bar=False,
+                   early_stopping={"enabled": False, "monitor": "val/loss", "mode": "min", "patience": 3,
+                                   "min_delta": 0.0},
+                   budgets={"time_min": None, "predict_reserve_min": 0, "gpu_memory_gib": None,
+                            "host_memory_gib": None, "min_free_disk_gib": 0.0, "max_nonfinite_steps": 3})
+
+
+def _replace(settings, changes: dict):
+    """dataclasses.replace, recursing into nested dataclasses for dict values."""
+    fields = {}
+    for key, value in changes.items():
+        inner = getattr(settings, key)
+        fields[key] = _replace(inner, value) if isinstance(value, dict) and dataclasses.is_dataclass(inner) else value
+    return dataclasses.replace(settings, **fields)
+
+
+def trainer_cfg(**overrides):
+    """The ci_fast profile with test-sized values, then `overrides` (a dict for a nested section is partial)."""
+    return _replace(_replace(_ci_fast(), TEST_VALUES), overrides)
 
 
 def toy_script(body: str) -> str:
@@ -97,3 +113,12 @@ def test_toy_model_returns_positive_sigma():
     assert mu.shape == sigma.shape == (4, N_BINS)
     assert (sigma > 0).all()
 
+
+def test_trainer_cfg_starts_from_the_yaml_and_replaces_nested_sections():
+    from spectramind.config.settings import Trainer
+
+    profile = _ci_fast()
+    cfg = trainer_cfg(budgets={"time_min": 5}, early_stopping={"enabled": True})
+    assert isinstance(cfg, Trainer) and cfg.budgets.time_min == 5 and cfg.early_stopping.enabled
+    assert cfg.budgets.max_nonfinite_steps == 3 and cfg.early_stopping.patience == 3
+    assert (cfg.loader, cfg.grad_clip, cfg.compile) == (profile.loader, profile.grad_clip, profile.compile)
