@@ -105,11 +105,11 @@ def bare(make_model, dataset, steps: int, batch: int, loss: StampedLoss, clip: s
 
 def spectramind(make_model, dataset, steps: int, batch: int, loss: StampedLoss, clip: str) -> None:
     """The trainer with every guardrail on (time, signals, host memory, non-finite, disk), no validation."""
-    from spectramind.train.settings import TrainerConfig
+    from spectramind.config.settings import Trainer
     from spectramind.train.trainer import fit
 
     torch.manual_seed(0)
-    cfg = TrainerConfig(name="bench", device="cpu", max_epochs=1, batch_size=batch, precision="fp32",
+    cfg = Trainer(name="bench", device="cpu", max_epochs=1, batch_size=batch, precision="fp32",
                         grad_clip={"mode": clip, "value": 1.0}, log_every_n_steps=50, progress_bar=False,
                         early_stopping={"enabled": False, "monitor": "val/loss", "mode": "min",
                                         "patience": 1, "min_delta": 0.0},

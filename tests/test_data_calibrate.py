@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import make_settings
 
 from spectramind.data import calibrate as cal
 from spectramind.data import instrument as ins
@@ -12,7 +13,10 @@ from spectramind.data.ariel_format import AIRS_CROP
 
 GAIN, OFFSET = ins.ADC["gain"], ins.ADC["offset"]
 N_PAIRS = 8
-BASE = cal.Options(
+# The shipped YAML's calibration, with short bins and every optional step off; the AIRS rows are the
+# 12 rows (10, 22) the expected values below are worked out for.
+BASE = dataclasses.replace(
+    make_settings().data.calibrate,
     airs_bin=2,
     fgs1_bin=2,
     mask_hot=False,
@@ -20,6 +24,7 @@ BASE = cal.Options(
     background_rows=0,
     cosmic_sigma=0.0,
     fill_masked=False,
+    airs_rows=(10, 22),
 )
 
 

@@ -1,5 +1,6 @@
 """Bad input through the real CLI: exit code 3, one line naming the file and the problem, no store left."""
 
+import shutil
 import subprocess
 import sys
 
@@ -57,7 +58,13 @@ def assert_one_line_error(result, *fragments):
 
 def test_empty_folder(cli, tmp_path):
     (tmp_path / "raw").mkdir()
-    assert_one_line_error(calibrate(cli, tmp_path, tmp_path / "raw"), "raw: no planet folders")
+    assert_one_line_error(calibrate(cli, tmp_path, tmp_path / "raw"), "raw: no raw folder (axis_info.parquet missing)")
+
+
+def test_a_layout_without_planet_folders(cli, tmp_path):
+    root = raw_folder(tmp_path)
+    shutil.rmtree(root / "train")
+    assert_one_line_error(calibrate(cli, tmp_path, root), "raw: no planet folders")
 
 
 @pytest.mark.slow

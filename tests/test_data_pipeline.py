@@ -2,61 +2,43 @@
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_settings
 
 from spectramind.data import ariel_format as af
 from spectramind.data.dataset import LightCurveDataset, read_store_attrs
-from spectramind.data.prepare import ensure_store
+from spectramind.data.prepare import calibrate, require_store
+from spectramind.data.simulate import simulate_raw
 from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
 from spectramind.physics.wavelengths import FGS1_WAVELENGTH_UM, airs_detector_wavelengths_um
 
 SEED = 7
 
 
-def small_data(tmp) -> dict:
-    return {
-        "name": "synthetic",
-        "root": str(tmp / "raw"),
-        "store": str(tmp / "store"),
-        "num_workers": 0,
-        "simulate": {
-            "n_train": 3,
-            "n_test": 1,
-            "two_visit_fraction": 0.3,
-            "airs_reads": 300,
-            "fgs1_reads": 1200,
-            "cosmic_ray_rate": 1e-4,
-            "jitter_px": 0.05,
-        },
-        "calibrate": {
-            "adc_offset_sign": 1,
-            "mask_hot": True,
-            "hot_sigma": 5.0,
-            "linearity": True,
-            "dark_dt": "hosts",
-            "flat_stage": "after_binning",
-            "airs_bin": 3,
-            "fgs1_bin": 12,
-            "airs_rows": [8, 24],
-            "fgs1_box": [10, 22],
-            "background_rows": 4,
-            "cosmic_sigma": 5.0,
-            "fill_masked": True,
-        },
-        "split": {"val_fraction": 0.2, "test_fraction": 0.2},
-    }
+def small_settings(tmp, **simulate):
+    """The shipped synthetic set (its YAML calibration) shrunk to a few planets, under `tmp`."""
+    s = make_settings(f"seed={SEED}", "data=synthetic")
+    sim = replace(s.data.simulate, n_train=3, n_test=1, two_visit_fraction=0.3, airs_reads=300, fgs1_reads=1200,
+                  cosmic_ray_rate=1e-4, jitter_px=0.05, star_table=None)
+    data = replace(s.data, root=str(tmp / "raw"), store=str(tmp / "store"), baseline=str(tmp / "baseline"),
+                   num_workers=0, simulate=replace(sim, **simulate),
+                   calibrate=replace(s.data.calibrate, airs_bin=3, fgs1_bin=12),
+                   split=replace(s.data.split, val_fraction=0.2, test_fraction=0.2))
+    return replace(s, data=data)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
-    data = small_data(tmp)
-    store = ensure_store(data, SEED, progress=False)
-    return data, store
+    s = small_settings(tmp)
+    simulate_raw(s, progress=False)
+    assert calibrate(s, progress=False)["cached"] is False
+    return s, require_store(s, ("train", "test"))
 
 
 def fit_depths(item, truth, t0):
@@ -79,8 +61,8 @@ def fit_depths(item, truth, t0):
 
 
 def test_calibration_recovers_every_injected_depth_within_its_noise(built):
-    data, store = built
-    root = data["root"]
+    s, store = built
+    root = s.data.root
     truth = pd.concat([af.read_targets(root), af.read_targets(root, "simulation_test_truth.csv")])
     oracle = pd.read_csv(f"{root}/simulation_noise.csv").set_index("planet_id")
     visits = pd.read_csv(f"{root}/simulation_visits.csv").set_index(["planet_id", "visit"])
@@ -99,8 +81,8 @@ def test_calibration_recovers_every_injected_depth_within_its_noise(built):
 
 
 def test_raw_folder_has_the_competition_layout_and_the_simulator_files(built):
-    data, _ = built
-    root = data["root"]
+    s, _ = built
+    root = s.data.root
     train_ids = af.read_star_info(root, "train").index
     test_ids = af.read_star_info(root, "test").index
     assert len(train_ids) == 3 and len(test_ids) == 1
@@ -123,33 +105,30 @@ def test_raw_folder_has_the_competition_layout_and_the_simulator_files(built):
 
 @pytest.mark.slow
 def test_simulation_is_deterministic(built, tmp_path):
-    data, _ = built
-    again = small_data(tmp_path)
-    again["simulate"] = {**again["simulate"], "n_train": 1, "n_test": 0}
-    from spectramind.data.prepare import ensure_simulated
-
-    a = ensure_simulated(again, SEED, progress=False)
+    again = small_settings(tmp_path, n_train=1, n_test=0)
+    a = simulate_raw(again, progress=False)["root"]
     first = af.read_signal(af.list_visits(a, "train")[0], "FGS1")
-    b = ensure_simulated({**again, "root": str(tmp_path / "other")}, SEED, progress=False)
+    other = replace(again, data=replace(again.data, root=str(tmp_path / "other")))
+    b = simulate_raw(other, progress=False)["root"]
+    assert b == str(tmp_path / "other")
     assert np.array_equal(first, af.read_signal(af.list_visits(b, "train")[0], "FGS1"))
 
 
 def test_store_is_cached_when_nothing_changed(built):
-    data, store = built
+    s, store = built
     h5 = store / "lightcurves.h5"
     before = h5.stat().st_mtime_ns
-    assert ensure_store(data, SEED, progress=False) == store
+    assert simulate_raw(s, progress=False)["cached"] is True
+    assert calibrate(s, progress=False)["cached"] is True
+    assert require_store(s, ("train", "test")) == store
     assert h5.stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
 def test_stars_and_orbits_can_come_from_the_real_table(tmp_path, real_sample):
-    from spectramind.data.prepare import ensure_simulated
-
-    data = small_data(tmp_path)
     table = real_sample / "train_star_info.csv"
-    data["simulate"] = {**data["simulate"], "n_train": 2, "n_test": 0, "star_table": str(table)}
-    root = ensure_simulated(data, SEED, progress=False)
+    s = small_settings(tmp_path, n_train=2, n_test=0, star_table=str(table))
+    root = simulate_raw(s, progress=False)["root"]
     real = af.read_star_table(table).to_numpy()
     for row in af.read_star_info(root, "train").to_numpy():
         assert np.isclose(real, row, rtol=1e-9).all(axis=1).any()
@@ -157,14 +136,14 @@ def test_stars_and_orbits_can_come_from_the_real_table(tmp_path, real_sample):
 
 @pytest.mark.slow
 def test_store_is_recomputed_when_the_calibration_config_changes(built):
-    data, store = built
+    s, store = built
     h5 = store / "lightcurves.h5"
     before = h5.stat().st_mtime_ns
-    changed = {**data, "calibrate": {**data["calibrate"], "cosmic_sigma": 6.0}}
-    ensure_store(changed, SEED, progress=False)
+    changed = replace(s, data=replace(s.data, calibrate=replace(s.data.calibrate, cosmic_sigma=6.0)))
+    assert calibrate(changed, progress=False)["cached"] is False
     assert h5.stat().st_mtime_ns != before
     assert json.loads((store / "manifest.json").read_text())["config"]["calibrate"]["cosmic_sigma"] == 6.0
-    ensure_store(data, SEED, progress=False)  # back to the module's configuration
+    assert calibrate(s, progress=False)["cached"] is False  # back to the module's configuration
 
 
 def test_manifest_splits_are_disjoint_planet_level_and_seeded(built):
@@ -223,7 +202,7 @@ def test_unknown_split_is_a_data_error(built):
 def test_default_synthetic_set_simulates_and_calibrates_quickly(tmp_path):
     """The embedded default, through the real CLI: simulate + calibrate within ~30 s of 2 idle cores.
 
-    Measured in CPU seconds of the command and its workers: wall time on a shared machine says more
+    Measured in CPU seconds of the commands and their workers: wall time on a shared machine says more
     about the neighbours than about this code.
     """
     import resource
@@ -231,11 +210,12 @@ def test_default_synthetic_set_simulates_and_calibrates_quickly(tmp_path):
     import sys
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    command = [sys.executable, "-m", "spectramind", "calibrate", f"paths.output_dir={tmp_path}"]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ}, check=False)
+    for stage in ("simulate", "calibrate"):
+        command = [sys.executable, "-m", "spectramind", stage, f"paths.output_dir={tmp_path}"]
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ}, check=False)
+        assert result.returncode == 0, result.stderr
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "data/synthetic/store/summary.json").read_text())
     assert summary["planets"] == 44
     assert cpu / 2 < 40, f"{cpu:.0f} CPU seconds for the default set"

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from spectramind.config.runhash import folder_fingerprint
-from spectramind.config.stage import resolve
+from spectramind.data.prepare import source_fingerprint
 from spectramind.doctor import ROOT_FILES, diagnose, render, warnings
+from spectramind.pipeline import resolve
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -102,8 +102,9 @@ def test_a_store_calibrated_from_other_data_is_warned(tmp_path):
     overrides = (f"data.root={root}", f"data.store={store}")
     unfinished = report(tmp_path, *overrides)
     assert any("an unfinished calibration" in w for w in unfinished["warnings"])
-    manifest = {"source_fingerprint": folder_fingerprint(root), "splits": {"train": [1001], "val": [1002]},
-                "planets": [{"planet_id": 1001}, {"planet_id": 1002}]}
+    folders = ("train", "test")
+    manifest = {"source_fingerprint": source_fingerprint(root, folders, store), "folders": list(folders),
+                "splits": {"train": [1001], "val": [1002]}, "planets": [{"planet_id": 1001}, {"planet_id": 1002}]}
     (store / "manifest.json").write_text(json.dumps(manifest))
     current = report(tmp_path, *overrides)
     assert current["data"]["store_matches_root"] is True

@@ -1,13 +1,27 @@
 """The physics baseline on light curves made here with known depths, drift, jitter and noise."""
 
+from dataclasses import replace
+from functools import lru_cache
+
 import pytest
 import torch
+from conftest import make_settings
 
 from spectramind.models.fit import PhysicsFit
 from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
 from spectramind.physics.wavelengths import target_wavelengths_um
 
 N = 283
+
+
+@lru_cache
+def _yaml_fit():
+    return make_settings().fit
+
+
+def fit_settings(**changes):
+    """The `fit` section of the shipped YAML, with `changes`."""
+    return replace(_yaml_fit(), **changes)
 
 
 def make_visits(b=2, t=120, noise=3e-4, seed=0, red=0.0, jitter_amp=5e-4, cosmic=0, transit=True, n=32,
@@ -54,7 +68,7 @@ def make_visits(b=2, t=120, noise=3e-4, seed=0, red=0.0, jitter_amp=5e-4, cosmic
 @pytest.fixture(scope="module")
 def clean():
     batch, depth = make_visits(b=2)
-    return batch, depth, PhysicsFit(n_bins=32).fit(batch)
+    return batch, depth, PhysicsFit(fit_settings(), n_bins=32).fit(batch)
 
 
 def test_depths_are_recovered_with_an_honest_sigma(clean):
@@ -69,7 +83,7 @@ def test_depths_are_recovered_with_an_honest_sigma(clean):
 
 def test_forward_returns_float_mu_and_positive_sigma(clean):
     batch, _, _ = clean
-    mu, sigma = PhysicsFit(n_time=120, n_bins=32, n_star=9)(batch)
+    mu, sigma = PhysicsFit(fit_settings(), n_time=120, n_bins=32, n_star=9)(batch)
     assert mu.shape == sigma.shape == (2, 32) and mu.dtype == torch.float32 and (sigma > 0).all()
 
 
@@ -77,7 +91,7 @@ def test_forward_returns_float_mu_and_positive_sigma(clean):
 def test_red_noise_widens_sigma_towards_the_real_error():
     # Noise correlated over ~1 h, as strong as the white noise: the formal error would be ~2.5x too small.
     batch, depth = make_visits(red=1.0, seed=1)
-    out = PhysicsFit(n_bins=32).fit(batch)
+    out = PhysicsFit(fit_settings(), n_bins=32).fit(batch)
     z = (out["mu"] - depth) / out["sigma"]
     assert out["beta"][:, 1:].median() > 1.5
     assert z.pow(2).mean().sqrt() < 2.0
@@ -87,8 +101,8 @@ def test_red_noise_widens_sigma_towards_the_real_error():
 @pytest.mark.slow
 def test_cosmic_rays_are_rejected():
     batch, depth = make_visits(b=2, cosmic=30, seed=2)
-    kept = PhysicsFit(n_bins=32).fit(batch)
-    ignored = PhysicsFit(n_bins=32, outlier_sigma=1e9).fit(batch)
+    kept = PhysicsFit(fit_settings(), n_bins=32).fit(batch)
+    ignored = PhysicsFit(fit_settings(outlier_sigma=1e9), n_bins=32).fit(batch)
     err_kept = (kept["mu"] - depth).abs().max()
     assert err_kept < (ignored["mu"] - depth).abs().max()
     assert ((kept["mu"] - depth).abs() / kept["sigma"]).max() < 5
@@ -97,15 +111,15 @@ def test_cosmic_rays_are_rejected():
 @pytest.mark.slow
 def test_jitter_regressors_remove_pointing_systematics():
     batch, depth = make_visits(b=2, jitter_amp=3e-3, seed=3)
-    with_j = (PhysicsFit(n_bins=32).fit(batch)["mu"] - depth).pow(2).mean()
-    without = (PhysicsFit(n_bins=32, use_jitter=False).fit(batch)["mu"] - depth).pow(2).mean()
+    with_j = (PhysicsFit(fit_settings(), n_bins=32).fit(batch)["mu"] - depth).pow(2).mean()
+    without = (PhysicsFit(fit_settings(use_jitter=False), n_bins=32).fit(batch)["mu"] - depth).pow(2).mean()
     assert with_j < 0.5 * without
 
 
 @pytest.mark.slow
 def test_a_missing_transit_is_flagged_and_its_sigma_widened():
     batch, _ = make_visits(b=2, transit=False, seed=4)
-    out = PhysicsFit(n_bins=32).fit(batch)
+    out = PhysicsFit(fit_settings(), n_bins=32).fit(batch)
     assert out["failed"].all()
     assert (out["sigma"] >= 2e-3).all() and torch.isfinite(out["mu"]).all() and (out["mu"] >= 0).all()
 
@@ -113,7 +127,7 @@ def test_a_missing_transit_is_flagged_and_its_sigma_widened():
 def test_a_dead_column_fails_alone_and_gets_a_wide_sigma():
     batch, depth = make_visits(b=2, seed=5)
     batch["flux"][:, :, 30] = float("nan")
-    out = PhysicsFit(n_bins=32).fit(batch)
+    out = PhysicsFit(fit_settings(), n_bins=32).fit(batch)
     assert out["failed"][:, 30].all() and out["failed"].sum() == 2
     assert (out["sigma"][:, 30] >= 2e-3).all() and torch.isfinite(out["mu"][:, 30]).all()
 
@@ -121,20 +135,20 @@ def test_a_dead_column_fails_alone_and_gets_a_wide_sigma():
 @pytest.mark.slow
 def test_a_drift_that_is_not_separable_needs_the_polynomial_drift():
     batch, depth = make_visits(seed=7, separable=False)
-    out = PhysicsFit(n_bins=32).fit(batch)
+    out = PhysicsFit(fit_settings(), n_bins=32).fit(batch)
     assert ((out["mu"] - depth).abs() / out["sigma"] < 2).float().mean() > 0.85
 
 
 @pytest.mark.slow
 def test_a_separable_drift_is_fitted_with_two_parameters_a_bin():
     batch, depth = make_visits(seed=8)
-    out = PhysicsFit(n_bins=32, drift="shared").fit(batch)
+    out = PhysicsFit(fit_settings(drift="shared"), n_bins=32).fit(batch)
     assert ((out["mu"] - depth).abs() / out["sigma"] < 2).float().mean() > 0.85
 
 
 @pytest.mark.slow
 def test_all_283_bins_of_a_full_visit():
     batch, depth = make_visits(b=2, t=187, n=N, seed=6)
-    out = PhysicsFit().fit(batch)
+    out = PhysicsFit(fit_settings()).fit(batch)
     z = (out["mu"] - depth) / out["sigma"]
     assert not out["failed"].any() and 0.55 < (z.abs() < 1).float().mean() < 0.8

@@ -2,13 +2,19 @@
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from conftest import make_settings
 
-from spectramind.config.compose import compose
 from spectramind.losses import SpectralLoss
+from spectramind.models.baseline import fit_kwargs
 from spectramind.models.nets import ResidualNet
 
 N, T, S = 283, 50, 9
+
+
+def _build(name):
+    """The model section `name` of the shipped YAML, built as the trainer builds it."""
+    s = make_settings(f"model={name}")
+    return s.model.instantiate(n_time=T, n_bins=N, n_star=S, **fit_kwargs(s))
 
 
 def _batch(b=4, seed=0):
@@ -25,8 +31,7 @@ def _batch(b=4, seed=0):
 
 @pytest.mark.parametrize("name", ["residual", "cnn1d", "transformer"])
 def test_each_config_builds_and_returns_positive_sigma(name):
-    cfg = compose([f"model={name}"])["model"]
-    model = instantiate(cfg, n_time=T, n_bins=N, n_star=S)
+    model = _build(name)
     mu, sigma = model(_batch())
     assert mu.shape == sigma.shape == (4, N)
     assert mu.dtype == sigma.dtype == torch.float32
@@ -34,13 +39,13 @@ def test_each_config_builds_and_returns_positive_sigma(name):
 
 
 def test_fit_config_builds_with_the_trainers_arguments():
-    model = instantiate(compose(["model=fit"])["model"], n_time=T, n_bins=N, n_star=S)
+    model = _build("fit")
     assert model.drift_degree == 2 and model.sigma_scale == 1.0
 
 
 def test_untrained_residual_net_predicts_the_baseline():
     batch = _batch()
-    mu, sigma = ResidualNet(n_bins=N, n_star=S)(batch)
+    mu, sigma = ResidualNet(n_bins=N, n_star=S, fit=make_settings().fit)(batch)
     torch.testing.assert_close(mu, batch["baseline_mu"])
     torch.testing.assert_close(sigma, batch["baseline_sigma"], rtol=2e-4, atol=0)
 
@@ -49,7 +54,7 @@ def test_untrained_residual_net_predicts_the_baseline():
 @pytest.mark.parametrize("name", ["residual", "cnn1d", "transformer"])
 def test_a_few_steps_lower_the_gll_on_a_fixed_batch(name):
     torch.manual_seed(0)
-    model = instantiate(compose([f"model={name}"])["model"], n_time=T, n_bins=N, n_star=S)
+    model = _build(name)
     model.eval()  # no dropout: the comparison is about the parameters only
     batch, loss_fn = _batch(), SpectralLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_settings
 
 from spectramind.config import runhash
 from spectramind.errors import ConfigError, DataError
@@ -49,14 +50,16 @@ def test_latest_without_a_complete_run_is_a_config_error(tmp_path):
 
 def test_a_network_needs_a_run_and_the_run_needs_a_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="predict.run: required"):
-        load_model({"_target_": "spectramind.models.nets.CNN1D"}, None, tmp_path, ATTRS)
+        load_model(make_settings("model=cnn1d", f"paths.output_dir={tmp_path}"), ATTRS)
     folder = _run_folder(tmp_path, "aaaa")
     with pytest.raises(DataError, match="no best.pt or last.pt"):
         checkpoint_path(folder)
 
 
 def test_the_physics_fit_needs_no_run(tmp_path):
-    model, source = load_model({"_target_": "spectramind.models.fit.PhysicsFit"}, None, tmp_path, ATTRS)
+    s = make_settings("model=fit", f"paths.output_dir={tmp_path}")
+    model, trained, source = load_model(s, ATTRS)
+    assert trained == s
     assert source == {"model": "spectramind.models.fit.PhysicsFit", "run": None}
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from spectramind.config.stage import resolve
+from spectramind.pipeline import resolve
 from spectramind.train import checkpoint
 
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from spectramind import files
-from spectramind.config.runhash import folder_fingerprint
 from spectramind.data.store import MANIFEST_NAME
 
 GIB = 2**30
@@ -89,13 +88,16 @@ def _data(data: dict) -> dict:
             found[f"{split}_planets"] = len(planets)
             found[f"{split}_planets_without_signal"] = sum(not _has_signals(p) for p in planets)
     if store.is_dir():
+        from spectramind.data.prepare import source_fingerprint
+
         manifest = files.read_json(store / MANIFEST_NAME)  # written last by calibrate: it marks a complete store
         found["store_complete"] = bool(manifest)
         if manifest:
             found["store_planets"] = len(manifest.get("planets", []))
             found["store_splits"] = {name: len(ids) for name, ids in manifest.get("splits", {}).items()}
             source = manifest.get("source_fingerprint")
-            found["store_matches_root"] = None if source is None else source == folder_fingerprint(root)
+            held = tuple(manifest.get("folders", ("train", "test")))
+            found["store_matches_root"] = None if source is None else source == source_fingerprint(root, held, store)
     return found
 
 

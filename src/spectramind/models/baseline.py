@@ -20,7 +20,7 @@ import xxhash
 
 from spectramind import files
 from spectramind.config.settings import Fit, Settings
-from spectramind.data.store import H5_NAME
+from spectramind.data.store import H5_NAME, read_store_attrs
 from spectramind.errors import DataError
 from spectramind.models.fit import PhysicsFit
 from spectramind.progress import bar
@@ -51,7 +51,7 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
     path = sidecar_path(s)
     if path.is_file():
         return {"baseline": str(path), "cached": True}
-    fit = PhysicsFit(s.fit).to(device)
+    fit = PhysicsFit(s.fit, n_bins=read_store_attrs(store)["n_bins"]).to(device)
     with h5py.File(store / H5_NAME, "r") as src, files.atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
         keys = sorted(src["visits"])
         out = dst.create_group("visits")
