@@ -113,7 +113,7 @@ def test_params_yaml_is_a_fresh_composition_of_pipeline_yaml(tmp_path):
     compose_and_dump(fresh, str(REPO / "configs"), None, "pipeline", str(REPO), [])
     GlobalHydra.instance().clear()
     assert (REPO / "params.yaml").read_text(encoding="utf-8") == fresh.read_text(encoding="utf-8"), (
-        "params.yaml is stale: regenerate it with `spectramind config params`")
+        "params.yaml is stale: regenerate it with `spectramind config params --out params.yaml`")
 
 
 def _leaves(tree, prefix=()):

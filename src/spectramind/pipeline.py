@@ -25,7 +25,7 @@ def folders_for(command: str, s: Settings) -> tuple[str, ...]:
 
 def input_fingerprint(command: str, s: Settings) -> str:
     """The content fingerprint of what `command` reads ("absent" parts where an input is not there yet)."""
-    from spectramind.data.prepare import FINGERPRINT_CACHE, FOLDERS, source_fingerprint
+    from spectramind.data.prepare import FOLDERS, source_fingerprint
     from spectramind.data.store import H5_NAME
 
     store = Path(s.data.store)
@@ -34,7 +34,7 @@ def input_fingerprint(command: str, s: Settings) -> str:
     if command == "calibrate":
         root = Path(s.data.root)
         return source_fingerprint(root, FOLDERS, store) if root.is_dir() else "absent"
-    parts = [files.tree_fingerprint(store / H5_NAME, cache=store / FINGERPRINT_CACHE)]
+    parts = [files.tree_fingerprint(store / H5_NAME)]  # no cache: only calibrate writes into its store
     if command in ("predict", "evaluate") and s.predict.run is not None:
         from spectramind.evaluate.predict import resolve_run
 
