@@ -103,7 +103,7 @@ def test_a_store_calibrated_from_other_data_is_warned(tmp_path):
     unfinished = report(tmp_path, *overrides)
     assert any("an unfinished calibration" in w for w in unfinished["warnings"])
     folders = ("train", "test")
-    manifest = {"source_fingerprint": source_fingerprint(root, folders, store), "folders": list(folders),
+    manifest = {"source_fingerprint": source_fingerprint(root, folders, None), "folders": list(folders),
                 "splits": {"train": [1001], "val": [1002]}, "planets": [{"planet_id": 1001}, {"planet_id": 1002}]}
     (store / "manifest.json").write_text(json.dumps(manifest))
     current = report(tmp_path, *overrides)

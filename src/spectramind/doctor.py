@@ -30,7 +30,7 @@ def diagnose(cfg: dict) -> dict:
         **_accelerator(),
         "trainer": _trainer(cfg["trainer"]),
         "resources": _resources(cfg),
-        "data": _data(cfg["data"]),
+        "data": _data(cfg["data"], Path(cfg["paths"]["output_dir"])),
     }
     report["warnings"] = warnings(report)
     return report
@@ -77,7 +77,7 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def _data(data: dict) -> dict:
+def _data(data: dict, output_dir: Path) -> dict:
     root, store = Path(data["root"]), Path(data["store"])
     found = {"name": data["name"], "root": str(root), "root_exists": root.is_dir(),
              "store": str(store), "store_exists": store.is_dir()}
@@ -88,7 +88,7 @@ def _data(data: dict) -> dict:
             found[f"{split}_planets"] = len(planets)
             found[f"{split}_planets_without_signal"] = sum(not _has_signals(p) for p in planets)
     if store.is_dir():
-        from spectramind.data.prepare import source_fingerprint
+        from spectramind.data.prepare import FINGERPRINT_CACHE, source_fingerprint
 
         manifest = files.read_json(store / MANIFEST_NAME)  # written last by calibrate: it marks a complete store
         found["store_complete"] = bool(manifest)
@@ -97,7 +97,8 @@ def _data(data: dict) -> dict:
             found["store_splits"] = {name: len(ids) for name, ids in manifest.get("splits", {}).items()}
             source = manifest.get("source_fingerprint")
             held = tuple(manifest.get("folders", ("train", "test")))
-            found["store_matches_root"] = None if source is None else source == source_fingerprint(root, held, store)
+            found["store_matches_root"] = None if source is None else source == source_fingerprint(
+                root, held, output_dir / FINGERPRINT_CACHE)
     return found
 
 

@@ -25,7 +25,7 @@ def folders_for(command: str, s: Settings) -> tuple[str, ...]:
 
 def input_fingerprint(command: str, s: Settings) -> str:
     """The content fingerprint of what `command` reads ("absent" parts where an input is not there yet)."""
-    from spectramind.data.prepare import FOLDERS, source_fingerprint
+    from spectramind.data.prepare import FOLDERS, fingerprint_cache, source_fingerprint
     from spectramind.data.store import H5_NAME
 
     store = Path(s.data.store)
@@ -33,8 +33,8 @@ def input_fingerprint(command: str, s: Settings) -> str:
         return ""  # its output is defined by its settings and its code, both already in the hash
     if command == "calibrate":
         root = Path(s.data.root)
-        return source_fingerprint(root, FOLDERS, store) if root.is_dir() else "absent"
-    parts = [files.tree_fingerprint(store / H5_NAME)]  # no cache: only calibrate writes into its store
+        return source_fingerprint(root, FOLDERS, fingerprint_cache(s)) if root.is_dir() else "absent"
+    parts = [files.tree_fingerprint(store / H5_NAME)]  # uncached: one file, small beside the raw folder
     if command in ("predict", "evaluate") and s.predict.run is not None:
         from spectramind.evaluate.predict import resolve_run
 

@@ -64,13 +64,13 @@ def stage_sources(stage: str, package: Path = PACKAGE) -> tuple[str, ...]:
     if stage not in ENTRY:
         return tuple(sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")))
     seen: dict[str, Path] = {}
-    todo = [ENTRY[stage], FOUNDATION, "spectramind"]
+    queue = [ENTRY[stage], FOUNDATION, "spectramind"]
     if stage in INSTANTIATES:  # what Hydra imports by name: every allowlisted class or function of ours
         from spectramind.config.schema import allowed_targets
 
-        todo += [t.rsplit(".", 1)[0] for t in allowed_targets() if t.startswith("spectramind.")]
-    while todo:
-        module = todo.pop()
+        queue += [t.rsplit(".", 1)[0] for t in allowed_targets() if t.startswith("spectramind.")]
+    while queue:
+        module = queue.pop()
         if module in seen:
             continue
         path = _path(module, package)
@@ -78,7 +78,7 @@ def stage_sources(stage: str, package: Path = PACKAGE) -> tuple[str, ...]:
             continue
         seen[module] = path
         parent = module.rsplit(".", 1)[0]
-        todo.extend(_imports(path, module) | ({parent} if "." in module else set()))
+        queue.extend(_imports(path, module) | ({parent} if "." in module else set()))
     return tuple(sorted(p.relative_to(package).as_posix() for p in seen.values()))
 
 

@@ -25,7 +25,9 @@ from spectramind.errors import DataError
 
 STAR_COLUMNS = (*af.STAR_COLUMNS, "T14_h")  # the star-info table plus the transit duration it implies
 FOLDERS = ("train", "test")                 # the raw folders a store can hold
-FINGERPRINT_CACHE = ".fingerprints.json"    # content digests of the raw files, kept inside the store folder
+# Content digests of the raw files, kept in the outputs folder: inside the store they would make its bytes
+# depend on the machine (absolute paths, inodes), so identical data would get a different store hash.
+FINGERPRINT_CACHE = Path("cache") / "fingerprints.json"
 LOCK_NAME = ".calibrate"                     # <store>/.calibrate.lock serialises builders of one store
 
 
@@ -44,14 +46,18 @@ def calibrate(s: Settings, folders: tuple[str, ...] = FOLDERS, progress: bool = 
             return {**files.read_json(store / st.SUMMARY_NAME), "cached": True}
         summary = calibrate_folder(root, store, num_workers=s.data.num_workers, calibrate=s.data.calibrate,
                                    split=s.data.split, seed=s.seed, folders=folders,
-                                   fingerprint=source_fingerprint(root, folders, store), progress=progress)
+                                   fingerprint=source_fingerprint(root, folders, fingerprint_cache(s)),
+                                   progress=progress)
     return {**summary, "cached": False}
 
 
-def source_fingerprint(root: Path, folders: tuple[str, ...], store: Path) -> str:
+def fingerprint_cache(s: Settings) -> Path:
+    return Path(s.paths.output_dir) / FINGERPRINT_CACHE
+
+
+def source_fingerprint(root: Path, folders: tuple[str, ...], cache: Path | None) -> str:
     """The content fingerprint of what calibration reads: the top-level files and `folders` of `root`
-    (its digests cached inside the store folder, so a second check reads no raw byte)."""
-    cache = store / FINGERPRINT_CACHE
+    (digests cached in `cache`, so a second check reads no raw byte)."""
     h = xxhash.xxh3_64()
     for p in sorted(root.iterdir()):
         if p.is_file() or p.name in folders:
@@ -71,7 +77,8 @@ def store_problem(s: Settings, folders: tuple[str, ...] = (), check_source: bool
     if not set(folders) <= set(recorded.get("folders", ())):
         return f"the store holds {', '.join(recorded.get('folders', ())) or 'no'} folders, not {', '.join(folders)}"
     held = tuple(recorded.get("folders", ()))
-    if check_source and recorded.get("source_fingerprint") != source_fingerprint(Path(s.data.root), held, store):
+    if check_source and recorded.get("source_fingerprint") != source_fingerprint(Path(s.data.root), held,
+                                                                                     fingerprint_cache(s)):
         return "the raw folder's content has changed"
     return None
 
