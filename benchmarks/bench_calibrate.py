@@ -29,30 +29,22 @@ KAGGLE_CPUS = 4
 
 
 def make_visit(folder: Path) -> Path:
+    from spectramind.config.settings import Simulate
     from spectramind.data.simulate import simulate
 
-    return simulate(
-        folder / "raw",
-        n_train=1,
-        n_test=0,
-        two_visit_fraction=0.0,
-        airs_reads=11250,
-        fgs1_reads=135000,
-        cosmic_ray_rate=1e-4,
-        jitter_px=0.05,
-        seed=1,
-        progress=False,
-    )["root"]
+    full_size = Simulate(n_train=1, n_test=0, two_visit_fraction=0.0, airs_reads=11250, fgs1_reads=135000,
+                         cosmic_ray_rate=1e-4, jitter_px=0.05, star_table=None)
+    return simulate(folder / "raw", full_size, seed=1, num_workers=0, progress=False)["root"]
 
 
 def run_package(root: str) -> dict:
     """The package's path for one visit: only the pixels used are read, chunked float32, kaggle.yaml's switches."""
+    from spectramind.config.stage import load
     from spectramind.data import ariel_format as af
     from spectramind.data import calibrate as cal
     from spectramind.data.prepare import read_visit
 
-    options = yaml.safe_load((REPO / "configs/data/kaggle.yaml").read_text())["calibrate"]
-    opts = cal.Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    opts = load(["data=kaggle"])[1].data.calibrate
     adc, axis = af.read_adc(root), af.read_axis_info(root)
     started, cpu = time.perf_counter(), time.process_time()
     visit = af.list_visits(root, "train")[0]

@@ -47,26 +47,26 @@ def train(model: str, out: Path, overrides: list[str], epochs: int) -> Path:
     return out / "runs" / hash_
 
 
-def predict(net, store: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def predict(net, trained, store: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     from spectramind.data.dataset import LightCurveDataset
     from spectramind.evaluate.predict import combine_visits, predict_visits
-    from spectramind.models.baseline import sidecars_for
+    from spectramind.models.baseline import require_baseline
 
     start = time.time()
-    dataset = LightCurveDataset(store, "all", sidecars=sidecars_for(net, store, device))
+    dataset = LightCurveDataset(store, "all", sidecars=require_baseline(trained))
     ids, mu, sigma = combine_visits(*predict_visits(net, dataset, 16, device, progress=False))
     return ids, np.maximum(mu, 0.0), sigma, time.time() - start
 
 
-def fit_from_sidecar(store: Path, fit_config: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The physics fit's predictions, computed once as the sidecar that the residual net reads too."""
+def fit_from_sidecar(s, store: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The physics fit's predictions, computed once (the fit stage) as the sidecar the residual net reads too."""
     import h5py
 
     from spectramind.evaluate.predict import combine_visits
-    from spectramind.models.baseline import ensure_baseline
+    from spectramind.models.baseline import fit_baseline
 
     start = time.time()
-    path = ensure_baseline(store, fit_config, progress=False)
+    path = fit_baseline(s, progress=False)["baseline"]
     with h5py.File(path) as f, h5py.File(store / "lightcurves.h5") as main:
         keys = sorted(f["visits"])
         ids = [int(main["visits"][k].attrs["planet_id"]) for k in keys]
@@ -87,8 +87,9 @@ def main() -> None:
     parser.add_argument("--models", default="fit,residual,cnn1d")
     args = parser.parse_args()
 
-    from spectramind.config.compose import compose
-    from spectramind.data.prepare import ensure_store
+    from spectramind.config.stage import load
+    from spectramind.data.prepare import calibrate
+    from spectramind.data.simulate import simulate_raw
     from spectramind.data.store import read_store_attrs
     from spectramind.evaluate.evaluate import load_truth, score_report
     from spectramind.evaluate.predict import load_model
@@ -97,30 +98,33 @@ def main() -> None:
     timings = {}
     start = time.time()
     train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers)
-    heldout_data = data_overrides(args.out, "heldout", args.test_planets, 1.0, args.workers)
-    heldout_cfg = compose([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}"])
-    store = ensure_store(heldout_cfg["data"], HELDOUT_SEED, progress=False)
+    heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args.workers)  # scored on "all"
+    heldout = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}"])[1]
+    simulate_raw(heldout, progress=False)
+    calibrate(heldout, progress=False)
+    store = Path(heldout.data.store)
     timings["heldout_data_s"] = round(time.time() - start, 1)
     attrs = read_store_attrs(store)
-    raw = Path(heldout_cfg["data"]["root"])
+    raw = Path(heldout.data.root)
     t0 = time.time()
-    train_cfg = compose([*train_data, f"seed={TRAIN_SEED}", f"paths.output_dir={args.out}"])
-    ensure_store(train_cfg["data"], TRAIN_SEED, progress=False)  # `spectramind train` then finds it
+    training = load([*train_data, f"seed={TRAIN_SEED}", f"paths.output_dir={args.out}"])[1]
+    simulate_raw(training, progress=False)  # its labels give the naive reference; `spectramind train` finds it
     timings["train_data_s"] = round(time.time() - t0, 1)
-    train_raw = Path(train_cfg["data"]["root"])
-    fit_config = {"n_bins": attrs["n_bins"], **compose(["model=residual"])["model"]["fit"]}
+    train_raw = Path(training.data.root)
 
     rows, models = {}, args.models.split(",")
     for name in models:
         t0 = time.time()
         if name == "fit":
-            ids, mu, sigma, seconds = fit_from_sidecar(store, fit_config)
+            ids, mu, sigma, seconds = fit_from_sidecar(heldout, store)
         else:
             epochs = args.residual_epochs if name == "residual" else args.cnn_epochs
-            run = train(name, args.out, train_data, epochs)
-            net, _ = load_model({}, str(run), args.out, attrs)
+            run = train(name, args.out, train_data, epochs)  # builds its missing inputs (calibrate, fit)
+            target = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}", f"model={name}",
+                           f"predict.run={run}"])[1]
+            net, trained, _ = load_model(target, attrs)
             timings[f"{name}_train_s"] = round(time.time() - t0, 1)
-            ids, mu, sigma, seconds = predict(net, store)
+            ids, mu, sigma, seconds = predict(net, trained, store)
         timings[f"{name}_predict_s"] = round(seconds, 1)
         y, _, _, sigma_opt = load_truth(raw, ids)
         naive_mean, naive_sigma = naive_stats(pd.read_csv(train_raw / "train.csv").set_index("planet_id"))
