@@ -44,17 +44,19 @@ class ToyModel(torch.nn.Module):
 
 
 class OomAbove(ToyModel):
-    """Raises torch.OutOfMemoryError for micro-batches larger than `limit` (the OOM path without a GPU)."""
+    """Raises torch.OutOfMemoryError for micro-batches larger than `limit` (the OOM path without a GPU),
+    except for the first `spared` calls: with accumulation, the OOM then comes after a backward has left
+    gradients behind, as a real one does."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, spared: int = 0):
         super().__init__(dropout=0.0)
-        self.limit = limit
+        self.limit, self.spared = limit, spared
         self.sizes: list[int] = []
 
     def forward(self, batch):
         n = batch["x"].shape[0]
         self.sizes.append(n)
-        if n > self.limit:
+        if n > self.limit and len(self.sizes) > self.spared:
             raise torch.OutOfMemoryError(f"fake OOM: micro-batch {n} > {self.limit}")
         return super().forward(batch)
 

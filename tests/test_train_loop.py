@@ -13,16 +13,16 @@ from test_train_fixtures import OomAbove, ToyDataset, ToyModel, adam, gll, train
 
 from spectramind.errors import ConfigError
 from spectramind.logs import EventLog
-from spectramind.train import checkpoint
-from spectramind.train.trainer import fit
+from spectramind.train import checkpoint, guards
+from spectramind.train.trainer import Trainer, fit
 
 
-def _train(tmp_path, make=ToyModel, loss=gll, n=60, name="run", **cfg):
+def _train(tmp_path, make=ToyModel, loss=gll, n=60, name="run", optimizer=None, **cfg):
     torch.manual_seed(0)
     model = make()
     run_dir = tmp_path / name
     summary = fit(model, loss, ToyDataset(n), ToyDataset(16, seed=1), trainer_cfg(**cfg), run_dir=run_dir,
-                  optimizer=adam(), seed=7, events=EventLog(run_dir))
+                  optimizer=optimizer or adam(), seed=7, events=EventLog(run_dir))
     return model, summary, run_dir
 
 
@@ -48,11 +48,12 @@ def test_accumulation_equals_one_large_batch_and_flushes_the_remainder(tmp_path)
     _assert_same_weights(small, large, exact=False)
 
 
-def test_interrupted_at_a_random_step_resumes_bit_identical(tmp_path):
+# Loss calls in any epoch, mid-accumulation or not (24 in all); seeded, so a failure names its case.
+@pytest.mark.parametrize("stop_at", sorted(random.Random(14).sample(range(1, 24), 4)))
+def test_interrupted_at_a_seeded_step_resumes_bit_identical(tmp_path, stop_at):
     reference, done, _ = _train(tmp_path, name="reference", max_epochs=3, accumulate_grad_batches=2)
     assert done["stop_reason"] == "max_epochs"
     calls = 0
-    stop_at = random.Random().randrange(1, 24)  # a loss call in any epoch, mid-accumulation or not
 
     def interrupting_loss(mu, sigma, target):
         nonlocal calls
@@ -86,12 +87,16 @@ def test_a_finished_run_is_reported_and_left_alone(tmp_path):
 
 
 def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path):
-    model, summary, run_dir = _train(tmp_path, lambda: OomAbove(limit=3), name="oom", batch_size=8)
-    plain, _, _ = _train(tmp_path, lambda: ToyModel(dropout=0.0), name="plain", batch_size=8)
+    # The first micro-batch of 8 passes forward and backward, the second runs out of memory: the gradients
+    # already accumulated must be dropped before the step is replayed with smaller micro-batches.
+    model, summary, run_dir = _train(tmp_path, lambda: OomAbove(limit=3, spared=1), name="oom", batch_size=8,
+                                     accumulate_grad_batches=2)
+    plain, _, _ = _train(tmp_path, lambda: ToyModel(dropout=0.0), name="plain", batch_size=16)
+    assert model.sizes[:3] == [8, 8, 4], "the OOM did not come mid-accumulation"
     assert summary["micro_batch"] == 2 and summary["oom_events"] == 2
     assert [e["micro_batch"] for e in _events(run_dir, "oom")] == [4, 2]
-    assert [e["accumulation"] for e in _events(run_dir, "oom")] == [2, 4]
-    assert summary["global_step"] == 16 and summary["effective_batch"] == 8
+    assert [e["accumulation"] for e in _events(run_dir, "oom")] == [4, 8]
+    assert summary["global_step"] == 8 and summary["effective_batch"] == 16
     assert max(model.sizes[-10:]) <= 2
     _assert_same_weights(model, plain, exact=False)
 
@@ -131,6 +136,18 @@ def test_host_memory_guard_stops_cleanly_with_a_checkpoint(tmp_path):
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["global_step"] == 0
 
 
+def test_a_refused_save_keeps_the_previous_checkpoints(tmp_path, monkeypatch):
+    # The first save fits, the second would not: pruning must wait until a new checkpoint is written.
+    answers = iter([None, "no room for the next checkpoint"])
+    monkeypatch.setattr(guards, "disk_shortfall", lambda *a: next(answers))
+    _, summary, run_dir = _train(tmp_path, max_epochs=3, keep_last_k=1, checkpoint_every_n_epochs=1)
+    assert summary["stop_reason"] == "disk" and summary["message"] == "no room for the next checkpoint"
+    folder = run_dir / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["best.pt", "epoch_0001.pt", "last.pt"]
+    assert checkpoint.load(folder / "epoch_0001.pt")["progress"]["epoch"] == 1
+    assert checkpoint.load(folder / "last.pt")["progress"]["epoch"] == 1
+
+
 def test_disk_guard_stops_with_a_clear_message(tmp_path):
     _, summary, run_dir = _train(tmp_path, budgets={"min_free_disk_gib": 1e9})
     assert summary["stop_reason"] == "disk"
@@ -147,9 +164,26 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
     assert best["progress"]["epoch"] == 1
 
 
-def test_unknown_monitor_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="trainer.early_stopping.monitor"):
-        _train(tmp_path, early_stopping={"monitor": "val/nope"})
+class Counting(ToyModel):
+    calls = 0
+
+    def forward(self, batch):
+        Counting.calls += 1
+        return super().forward(batch)
+
+
+def test_unknown_monitor_is_refused_before_any_step(tmp_path):
+    with pytest.raises(ConfigError, match="monitor: expected one of val/loss, val/gll, val/mse, got 'val/nope'"):
+        _train(tmp_path, Counting, early_stopping={"monitor": "val/nope"})
+    assert Counting.calls == 0 and not (tmp_path / "run").exists()
+
+
+def test_unknown_monitor_stops_the_command_before_the_data_is_built(cli, tmp_path):
+    done = cli("train", "trainer=ci_fast", "trainer.early_stopping.monitor=val/los", f"paths.output_dir={tmp_path}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: trainer.early_stopping.monitor: expected one of val/loss, val/gll, got 'val/los'"]
+    assert not list(tmp_path.iterdir()), "something was built or written"
 
 
 def test_numbered_checkpoints_keep_the_last_k_and_load_weights_only(tmp_path):
@@ -176,13 +210,89 @@ def test_mixed_precision_on_cpu(tmp_path, precision):
     assert bool(fallbacks) == (precision == "fp16")
 
 
+class RecordingAdam(torch.optim.Adam):
+    """Adam that records the gradients it is handed: the total norm and the largest magnitude per step."""
+
+    def __init__(self, params, lr=1e-2):
+        super().__init__(params, lr=lr)
+        self.norms: list[float] = []
+        self.largest: list[float] = []
+
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        self.largest.append(max(g.abs().max().item() for g in grads))
+        return super().step(closure)
+
+
 @pytest.mark.parametrize("mode", ["norm", "value", "none"])
 def test_gradient_clipping_modes(tmp_path, mode):
-    _, _, run_dir = _train(tmp_path, grad_clip={"mode": mode, "value": 1e-3})
+    built = []
+    _, _, run_dir = _train(tmp_path, grad_clip={"mode": mode, "value": 1e-3},
+                           optimizer=lambda params: built.append(RecordingAdam(params)) or built[-1])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "grad_norm" in r]
-    assert steps and all(r["grad_norm"] > 0 for r in steps)
+    seen = built[0]
+    assert steps and len(seen.norms) == len(steps) and all(r["grad_norm"] > 1e-3 for r in steps)
+    if mode == "norm":
+        assert max(seen.norms) <= 1e-3 * (1 + 1e-4)
+    elif mode == "value":
+        assert max(seen.largest) <= 1e-3 * (1 + 1e-6)  # float32 rounds 1e-3 up by 5e-11
+    else:  # grad_norm is logged before clipping: with no clipping the optimizer sees exactly that norm
+        assert seen.norms == pytest.approx([r["grad_norm"] for r in steps], rel=1e-4)
     assert {"train/loss", "train/gll", "train/mse", "lr", "samples_per_s", "step_time_s",
             "host_mem_gib", "gpu_mem_gib"} <= set(steps[0])
     assert any("val/loss" in r for r in records)
     assert (run_dir / "plots" / "loss_curves.png").stat().st_size > 1000
+
+
+class Overflowing(ToyModel):
+    """Its gradients are infinite on the calls `overflows(call)` picks, as an fp16 backward that overflows."""
+
+    def __init__(self, overflows):
+        super().__init__(dropout=0.0)
+        self.overflows, self.calls = overflows, 0
+
+    def forward(self, batch):
+        mu, sigma = super().forward(batch)
+        if self.training:  # counts training calls only, validation has no backward
+            self.calls += 1
+            if self.overflows(self.calls):
+                    mu.register_hook(lambda g: g * float("inf"))
+        return mu, sigma
+
+
+@pytest.fixture
+def with_scaler(monkeypatch):
+    """The fp16 path's GradScaler on the CPU (fp16 autocast itself needs CUDA), over fp32 compute."""
+    monkeypatch.setattr(Trainer, "_precision", lambda self, precision: (None, True))
+
+
+def test_fp16_overflow_skips_are_counted(tmp_path, with_scaler):
+    model, summary, run_dir = _train(tmp_path, lambda: Overflowing(lambda call: call % 3 == 0))
+    assert summary["stop_reason"] == "max_epochs" and summary["global_step"] == 16
+    assert summary["overflow_skipped"] == summary["nonfinite_skipped"] == 5  # calls 3, 6, ..., 15
+    events = _events(run_dir, "nonfinite")
+    assert [e["step"] for e in events] == [3, 6, 9, 12, 15]
+    assert {e["cause"] for e in events} == {"fp16 overflow"}
+    assert [e["loss_scale"] for e in events] == [2.0**15, 2.0**14, 2.0**13, 2.0**12, 2.0**11]
+
+
+def test_persistent_fp16_overflow_stops_the_run(tmp_path, with_scaler):
+    torch.manual_seed(0)
+    initial = Overflowing(lambda call: True).state_dict()
+    model, summary, run_dir = _train(tmp_path, lambda: Overflowing(lambda call: True))  # 3 allowed in a row
+    assert summary["stop_reason"] == "nonfinite" and summary["global_step"] == 3
+    assert summary["overflow_skipped"] == 3 and summary["message"] == "3 consecutive non-finite steps"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, initial[name]), f"{name} changed in a skipped step"
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["overflow_skipped"] == 3
+
+
+def test_a_collapsed_fp16_loss_scale_stops_the_run(tmp_path, with_scaler):
+    _, summary, _ = _train(tmp_path, lambda: Overflowing(lambda call: call > 2),
+                           budgets={"max_nonfinite_steps": 100, "min_loss_scale": 5000.0})
+    # 65536 halves on every overflow from step 3: 32768, 16384, 8192, then 4096 < 5000 after step 6.
+    assert summary["stop_reason"] == "nonfinite" and summary["global_step"] == 6
+    assert summary["overflow_skipped"] == 4
+    assert summary["message"] == "the fp16 loss scale fell to 4096, below trainer.budgets.min_loss_scale=5000"

@@ -128,6 +128,7 @@ def train(
     from spectramind.train import setup
     from spectramind.train.distributed import from_env, under_launcher
 
+    setup.check(s)
     if not under_launcher():
         _build_inputs("train", overrides, params, s)
     if plan:

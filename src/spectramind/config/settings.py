@@ -129,6 +129,7 @@ class Budgets:
     host_memory_gib: float | None
     min_free_disk_gib: float
     max_nonfinite_steps: int
+    min_loss_scale: float
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import torch
 from spectramind.config.settings import Settings, Trainer
 from spectramind.devices import resolve_device
 from spectramind.train import distributed
-from spectramind.train.trainer import completed, fit
+from spectramind.train.trainer import check_monitor, completed, fit
 
-__all__ = ["build", "completed", "launch", "plan", "started_at", "summary_line", "train"]
+__all__ = ["build", "check", "completed", "launch", "plan", "started_at", "summary_line", "train"]
 
 # The wall-clock budget counts from the start of the command; under self-launched DDP from the parent's start.
 STARTED_AT_ENV = "SPECTRAMIND_STARTED_AT"
@@ -39,6 +39,13 @@ class Parts:
 
 def started_at() -> float:
     return float(os.environ.get(STARTED_AT_ENV) or psutil.Process().create_time())
+
+
+def check(s: Settings) -> None:
+    """What the settings alone can refuse, before any input is built: the monitored metric's name."""
+    from spectramind.metric import N_BINS
+
+    check_monitor(s.trainer.early_stopping.monitor, s.loss.instantiate(), torch.zeros(1, N_BINS))
 
 
 def build(s: Settings) -> Parts:

@@ -50,7 +50,8 @@ class Progress:
     best_epoch: int = -1
     bad_epochs: int = 0         # validations since the last improvement
     elapsed_s: float = 0.0      # training wall time of earlier sessions
-    nonfinite_skipped: int = 0
+    nonfinite_skipped: int = 0  # steps not applied: NaN/Inf loss or gradients, fp16 overflow included
+    overflow_skipped: int = 0   # of those, steps the GradScaler skipped (its scale went down)
     oom_events: int = 0
     epoch_loss_sum: float = 0.0  # sum of step loss x samples over the epoch so far
     peak_host_gib: float = 0.0
@@ -64,6 +65,19 @@ def completed(run_dir: Path) -> dict | None:
         return None
     summary = json.loads(path.read_text(encoding="utf-8"))
     return summary if summary.get("status") == "complete" else None
+
+
+def check_monitor(monitor: str, loss_fn: LossFn, target: torch.Tensor) -> None:
+    """Refuse a monitored metric that validation will not log, before anything runs (not after an epoch).
+
+    `target`: one (1, n_bins) target; the loss's part names come from one call on it against itself,
+    with no model and no RNG, so nothing of a run is touched.
+    """
+    target = target.float()
+    _, parts = loss_fn(target, torch.ones_like(target), target)
+    names = ["val/loss", *(f"val/{k}" for k in sorted(parts))]
+    if monitor not in names:
+        raise ConfigError(f"trainer.early_stopping.monitor: expected one of {', '.join(names)}, got {monitor!r}")
 
 
 def fit(model: torch.nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Dataset | None,
@@ -108,9 +122,12 @@ class Trainer:
         if cfg.max_samples is not None and cfg.max_samples < len(train_set):
             train_set = Subset(train_set, range(cfg.max_samples))
         self.train_set, self.val_set = train_set, val_set
+        if val_set is not None and len(val_set):
+            check_monitor(cfg.early_stopping.monitor, loss_fn, torch.as_tensor(val_set[0]["target"])[None])
         self.optimizer = optimizer(self.params)
         self.scheduler = scheduler(self.optimizer) if scheduler is not None else None
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
+        self.loss_scale = math.inf  # the GradScaler's scale after the last step (inf: no scaler)
         self.p = Progress(micro_batch=cfg.batch_size)
         self.clock = guards.TimeBudget(cfg.budgets.time_min, cfg.budgets.predict_reserve_min, started_at)
         self.host = guards.HostMemory(cfg.budgets.host_memory_gib)
@@ -198,22 +215,21 @@ class Trainer:
         # With a GradScaler, inf gradients are its business (it skips the step and lowers the scale).
         finite = math.isfinite(loss_v) and (self.scaler is not None or math.isfinite(norm_v))
         finite = not agree_max([int(not finite)], self.dist, self.device)[0]
-        if finite:
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-        elif self.scaler is not None:
-            self.scaler.update()
+        overflow = False
+        if self.scaler is not None:
+            overflow = self._scaler_step(finite)
+        elif finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.p.position += group
         self.p.global_step += 1
         if finite:
             self.p.epoch_loss_sum += loss_v * group
-        else:
-            self._emit("nonfinite", step=self.p.global_step, loss=loss_v, grad_norm=norm_v)
-        tripped = self.nonfinite.record(finite)
+        if not finite or overflow:
+            self._emit("nonfinite", step=self.p.global_step, loss=loss_v, grad_norm=norm_v,
+                       cause="fp16 overflow" if overflow else "loss or gradient",
+                       **({"loss_scale": self.loss_scale} if self.scaler is not None else {}))
+        tripped = self.nonfinite.record(finite and not overflow)
         self.p.nonfinite_skipped = self.nonfinite.skipped
         if tripped:
             self.message = f"{self.nonfinite.consecutive} consecutive non-finite steps"
@@ -222,6 +238,18 @@ class Trainer:
             record = {"train/loss": loss_v, "grad_norm": norm_v, "lr": self.optimizer.param_groups[0]["lr"],
                       **{f"train/{k}": v.item() for k, v in parts.items()}}
         return batches, record
+
+    def _scaler_step(self, finite: bool) -> bool:
+        """The step through the GradScaler (update only when the loss is not finite); True when the
+        scaler skipped a finite-loss step for inf/NaN gradients, which it says only by lowering its scale."""
+        before = self.scaler.get_scale()
+        if finite:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.loss_scale = self.scaler.get_scale()
+        overflow = finite and self.loss_scale < before
+        self.p.overflow_skipped += overflow
+        return overflow
 
     def _accumulate(self, batches: Iterator[Batch], group: int, log: bool):
         """Forward and backward over micro-batches until `group` samples; the loss is their sample mean."""
@@ -285,6 +313,10 @@ class Trainer:
         reason = ""
         if self.nonfinite.consecutive >= self.nonfinite.limit:
             reason = "nonfinite"
+        if self.loss_scale < self.cfg.budgets.min_loss_scale:  # fp16 cannot hold these gradients any more
+            reason = "nonfinite"
+            self.message = (f"the fp16 loss scale fell to {self.loss_scale:g}, below "
+                            f"trainer.budgets.min_loss_scale={self.cfg.budgets.min_loss_scale:g}")
         if self.clock.crosses(self.clock.step_s):
             reason = "time_budget"
         if self.host.over():
@@ -377,9 +409,6 @@ class Trainer:
         es = self.cfg.early_stopping
         if not metrics:
             return False, False
-        if es.monitor not in metrics:
-            raise ConfigError(f"trainer.early_stopping.monitor: expected one of "
-                              f"{', '.join(sorted(metrics))}, got {es.monitor!r}")
         value = metrics[es.monitor]
         best = self.p.best
         if best is None:
@@ -419,7 +448,6 @@ class Trainer:
         if not self.dist.main:
             return agree_max([0], self.dist, self.device)[0] == 0
         start = time.time()
-        checkpoint.prune(self.ckpt_dir, self.cfg.keep_last_k - int(numbered))
         # Before the first save: weights plus two optimizer moments is what Adam's checkpoint holds.
         weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         needed = self.ckpt_bytes or 3 * weights
@@ -435,6 +463,8 @@ class Trainer:
         for target in copies:
             with files.atomic_path(target) as tmp:
                 shutil.copyfile(last, tmp)
+        # Only now that the new checkpoints are in place: a refused or killed save keeps the old ones.
+        checkpoint.prune(self.ckpt_dir, self.cfg.keep_last_k)
         self.clock.save_s = time.time() - start
         self._emit("checkpoint", path=str(last), epoch=self.p.epoch, step=self.p.global_step,
                    best=best, numbered=numbered, seconds=round(self.clock.save_s, 3))
@@ -490,7 +520,8 @@ class Trainer:
                             "epoch": self.p.best_epoch},
             "wall_time_s": round(self.p.elapsed_s + time.time() - self.session_start, 3),
             "peak_host_gib": round(self.p.peak_host_gib, 3), "peak_gpu_gib": round(self.p.peak_gpu_gib, 3),
-            "nonfinite_skipped": self.p.nonfinite_skipped, "oom_events": self.p.oom_events,
+            "nonfinite_skipped": self.p.nonfinite_skipped, "overflow_skipped": self.p.overflow_skipped,
+            "oom_events": self.p.oom_events,
             "micro_batch": self.p.micro_batch, "effective_batch": self.cfg.effective_batch * self.dist.world,
             "world_size": self.dist.world, "run_hash": self.run_hash,
         }
