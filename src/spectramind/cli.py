@@ -365,6 +365,9 @@ def _run(command: str, overrides: list[str], params: str | None, work, uses_torc
 
     cfg, s = load(overrides, params)
     if command in ("predict", "evaluate"):
+        from spectramind.evaluate.predict import require_run
+
+        require_run(s)  # a missing or refused run before any input is built
         _build_inputs(command, overrides, params, s)
     stage = start(command, cfg, s, overrides, input_fingerprint(command, s), with_torch=uses_torch)
     typer.echo(f"{command}: run {stage.run_hash} in {stage.run_dir}", err=True)

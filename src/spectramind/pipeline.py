@@ -39,7 +39,7 @@ def input_fingerprint(command: str, s: Settings) -> str:
         from spectramind.evaluate.predict import resolve_run
 
         try:
-            parts.append(resolve_run(s.predict.run, s.paths.output_dir).name)  # the trained run, by its hash
+            parts.append(resolve_run(s).name)  # the trained run, by its hash
         except Exception:
             parts.append("absent")
     return xxhash.xxh3_64("\n".join(parts).encode()).hexdigest()

@@ -65,7 +65,7 @@ def validate(cfg: dict, prefer: tuple[str, ...] = ()) -> None:
     """
     from jsonschema import Draft202012Validator
 
-    _check_targets(cfg, allowed_targets())
+    check_targets(cfg, allowed_targets())
     validator = Draft202012Validator(root_schema())
     def rank(e):
         dotted = ".".join(map(str, e.absolute_path))
@@ -76,7 +76,8 @@ def validate(cfg: dict, prefer: tuple[str, ...] = ()) -> None:
         raise ConfigError(_describe(errors[0], cfg))
 
 
-def _check_targets(node: Any, allowed: set[str], path: str = "") -> None:
+def check_targets(node: Any, allowed: set[str], path: str = "") -> None:
+    """Refuse a `_target_` outside `allowed` anywhere in `node`, nested nodes included."""
     if isinstance(node, dict):
         target = node.get("_target_")
         if target is not None and target not in allowed:
@@ -86,10 +87,10 @@ def _check_targets(node: Any, allowed: set[str], path: str = "") -> None:
                 f"got {target!r}"
             )
         for k, v in node.items():
-            _check_targets(v, allowed, f"{path}.{k}" if path else str(k))
+            check_targets(v, allowed, f"{path}.{k}" if path else str(k))
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            _check_targets(v, allowed, f"{path}[{i}]")
+            check_targets(v, allowed, f"{path}[{i}]")
 
 
 def _describe(error, cfg: dict) -> str:

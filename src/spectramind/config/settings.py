@@ -96,7 +96,11 @@ class Target:
     def instantiate(self, **extra):
         from hydra.utils import instantiate
 
-        return instantiate({"_target_": self.target, **self.params}, **extra)
+        from spectramind.config.schema import allowed_targets, check_targets
+
+        node = {"_target_": self.target, **self.params}
+        check_targets(node, allowed_targets())  # again here: a Target need not come from a validated config
+        return instantiate(node, **extra)
 
 
 @dataclass(frozen=True)

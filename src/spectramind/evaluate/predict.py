@@ -16,7 +16,7 @@ from spectramind import files
 from spectramind.config import runhash
 from spectramind.config.settings import Settings
 from spectramind.devices import resolve_device
-from spectramind.errors import ConfigError, DataError
+from spectramind.errors import ConfigError, DataError, SpectraMindError
 from spectramind.evaluate import submission
 
 FIT_TARGET = "spectramind.models.fit.PhysicsFit"
@@ -50,23 +50,62 @@ def combine_visits(planet_ids, mu, sigma) -> tuple[np.ndarray, np.ndarray, np.nd
     return ids[order], mean, combined
 
 
-def resolve_run(run: str, output_dir: str | Path) -> Path:
-    """A training run's folder from a folder path, a run hash, `latest` (the newest finished train run
-    under `output_dir`: complete, or stopped by a guard with its checkpoint), or an outputs root holding
-    a run index (its newest finished train run)."""
+def resolve_run(s: Settings) -> Path:
+    """The training run `predict.run` names: a folder path, a run hash, `latest`, or an outputs root
+    holding a run index. `latest` (and a root) is the newest finished train run (complete, or stopped by
+    a guard) that has a loadable checkpoint and was trained with this config's model and data settings."""
+    run, output_dir = s.predict.run, s.paths.output_dir
     if run == "latest" or (Path(run) / runhash.INDEX_NAME).is_file():
-        index_path = Path(output_dir if run == "latest" else run) / runhash.INDEX_NAME
-        index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
-        done = [(entry.get("updated", ""), h) for h, entry in index.items()
-                if entry.get("command") == "train" and entry.get("status") in ("complete", "stopped")]
-        if not done:
-            raise ConfigError(f"predict.run=latest: no complete train run in {index_path}")
-        return runhash.run_dir(index_path.parent, max(done)[1])
+        return _newest_fitting(s, Path(output_dir if run == "latest" else run) / runhash.INDEX_NAME)
     folder = Path(run) if Path(run).is_dir() else runhash.run_dir(output_dir, run)
     if not (folder / "config.yaml").is_file():
         raise ConfigError(f"predict.run: {run!r} is neither a run folder nor a run hash under "
                           f"{output_dir}/runs")
     return folder
+
+
+def _newest_fitting(s: Settings, index_path: Path) -> Path:
+    from spectramind.train import checkpoint
+
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
+    finished = sorted(((entry.get("updated", ""), h) for h, entry in index.items()
+                       if entry.get("command") == "train" and entry.get("status") in ("complete", "stopped")),
+                      reverse=True)
+    if not finished:
+        raise ConfigError(f"predict.run={s.predict.run}: no complete or stopped train run in {index_path}")
+    why = []
+    for _, hash_ in finished:
+        folder = runhash.run_dir(index_path.parent, hash_)
+        try:
+            differs = _difference(_matched(s), _matched(trained_settings(folder)))
+            if differs is None:
+                checkpoint.load(checkpoint_path(folder))
+                return folder
+            why.append(f"{hash_} was trained with other {differs}")
+        except SpectraMindError as e:
+            why.append(f"{hash_}: {e}")
+    raise ConfigError(f"predict.run={s.predict.run}: none of the {len(finished)} finished train runs in "
+                      f"{index_path} fits this config; the newest, {why[0]}")
+
+
+def _matched(s: Settings) -> dict:
+    """The settings a trained model must share with the config predicting with it, as plain values
+    without the fields that change nothing about the result (where the data lives, how many workers)."""
+    model = {"_target_": s.model.target, **s.model.params}
+    return json.loads(runhash.canonical({"model": model, "data": dataclasses.asdict(s.data)}))
+
+
+def _difference(ours: dict, theirs: dict, where: str = "") -> str | None:
+    """The first dotted key whose value differs, as `key (ours vs theirs)`; None when all are equal."""
+    for key in sorted(set(ours) | set(theirs)):
+        a, b, dotted = ours.get(key), theirs.get(key), f"{where}.{key}" if where else key
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _difference(a, b, dotted)
+            if found is not None:
+                return found
+        elif a != b:
+            return f"{dotted} ({b!r}, here {a!r})"
+    return None
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -78,7 +117,8 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 def trained_settings(folder: Path) -> Settings:
     """The settings a training run was made with, from its config.yaml, through the same schema and
-    `_target_` allowlist as any config: a crafted run folder cannot name a callable of its own."""
+    `_target_` allowlist as any config (nested nodes included): a crafted run folder cannot name a
+    callable of its own. A refused config is a config error: nothing has run."""
     import yaml
 
     from spectramind.config.schema import validate
@@ -87,11 +127,14 @@ def trained_settings(folder: Path) -> Settings:
     path = folder / "config.yaml"
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-        validate(cfg)
     except (OSError, yaml.YAMLError) as e:
         raise DataError(f"{path}: unreadable run config ({str(e).splitlines()[0]})") from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(cfg).__name__}")
+    try:
+        validate(cfg)
     except ConfigError as e:
-        raise DataError(f"{path}: not a valid run config ({e})") from e
+        raise ConfigError(f"{path}: not a valid run config ({e})") from e
     return build(cfg)
 
 
@@ -106,21 +149,27 @@ def build_model(s: Settings, attrs: dict, state: dict | None = None) -> torch.nn
     return model.eval()
 
 
-def require_run(s: Settings) -> None:
-    if s.predict.run is None and s.model.target != FIT_TARGET:
-        raise ConfigError(f"predict.run: required for model {s.model.target} (a run folder, a run "
-                          "hash or 'latest'); only model=fit predicts without training")
+def require_run(s: Settings) -> Path | None:
+    """The run folder to predict with (None for the physics fit), checked before any input is built:
+    it resolves, its config passes the schema and the allowlist."""
+    if s.predict.run is None:
+        if s.model.target != FIT_TARGET:
+            raise ConfigError(f"predict.run: required for model {s.model.target} (a run folder, a run "
+                              "hash or 'latest'); only model=fit predicts without training")
+        return None
+    folder = resolve_run(s)
+    trained_settings(folder)
+    return folder
 
 
-def load_model(s: Settings, attrs: dict) -> tuple[torch.nn.Module, Settings, dict]:
-    """The model to predict with, the settings it was made with, and where it came from: a run's
-    checkpoint (its own settings win over the current ones), or the physics fit, which needs no run."""
+def load_model(s: Settings, attrs: dict, folder: Path | None) -> tuple[torch.nn.Module, Settings, dict]:
+    """The model to predict with, the settings it was made with, and where it came from: the checkpoint
+    of the run in `folder` (require_run's answer; the run's own settings win over the current ones), or
+    the physics fit, which needs no run."""
     from spectramind.train import checkpoint
 
-    require_run(s)
-    if s.predict.run is None:
+    if folder is None:
         return build_model(s, attrs), s, {"model": FIT_TARGET, "run": None}
-    folder = resolve_run(s.predict.run, s.paths.output_dir)
     trained = dataclasses.replace(trained_settings(folder), data=s.data)
     ckpt = checkpoint_path(folder)
     source = {"model": trained.model.target, "run": str(folder), "checkpoint": str(ckpt)}
@@ -171,10 +220,10 @@ def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | 
     start = time.time()
     split = split or s.predict.split
     out = out or s.predict.out
-    require_run(s)  # before anything is read: fail at start-up
+    trained_run = require_run(s)  # before anything is read: fail at start-up
     store = require_store(s, split_folders(split))
     attrs = read_store_attrs(store)
-    net, trained, source = load_model(s, attrs)
+    net, trained, source = load_model(s, attrs, trained_run)
     dev = resolve_device(s.predict.device, "predict.device")
     dataset = LightCurveDataset(store, split, sidecars=require_baseline(trained))
     ids, mu, sigma = combine_visits(*predict_visits(net, dataset, s.predict.batch_size, dev, progress))
