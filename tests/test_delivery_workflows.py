@@ -46,8 +46,11 @@ def test_ci_lints_and_tests_every_supported_python_with_slow_tests_too():
     jobs = load("ci.yml")["jobs"]
     assert "ruff check" in steps_text(jobs["lint"])
     assert jobs["tests"]["strategy"]["matrix"]["python-version"] == ["3.10", "3.11", "3.12"]
-    runs = [step.get("run", "").strip() for step in jobs["tests"]["steps"]]
-    assert runs.index("pytest") < runs.index("pytest -m slow")
+    # The tests job is .ci/run, so what the README calls CI's tests job is what a developer runs.
+    assert [step["run"].strip() for step in jobs["tests"]["steps"] if "run" in step] == ["bash .ci/run"]
+    lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    quick, slow = (lines.index(f"python -m pytest -q -p no:cacheprovider{m}") for m in ("", " -m slow"))
+    assert quick < slow == len(lines) - 1
 
 
 def test_ci_smokes_the_ci_fast_profile_and_the_dvc_pipeline():
@@ -55,11 +58,29 @@ def test_ci_smokes_the_ci_fast_profile_and_the_dvc_pipeline():
     assert "spectramind train trainer=ci_fast" in steps_text(jobs["smoke"])
     repro = steps_text(jobs["dvc-repro"])
     assert "dvc repro" in repro and "dvc status --json" in repro
-    for job in ("tests", "smoke", "dvc-repro"):
-        install = steps_text(jobs[job])
-        # torch pinned first, then the package with its dev extra, as README and .ci/run install it
-        assert install.index('pip install "$TORCH"') < install.index('pip install -e ".[dev]"'), job
-    assert load("ci.yml")["env"]["TORCH"] == "torch==2.13.0"
+    ci_run = (REPO / ".ci" / "run").read_text()
+    for job, install in [(j, steps_text(jobs[j])) for j in ("smoke", "dvc-repro")] + [(".ci/run", ci_run)]:
+        # torch's CPU build pinned first, then the package with its dev extra, as the README installs it
+        assert install.index('"$TORCH" --index-url "$TORCH_INDEX"') < install.index('-e ".[dev]"'), job
+    env = load("ci.yml")["env"]
+    assert env["TORCH"] == "torch==2.13.0" and env["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    for name in ("TORCH", "TORCH_INDEX"):  # run outside CI, .ci/run defaults to the workflow's values
+        assert f"{name}=${{{name}:-{env[name]}}}" in ci_run
+
+
+def test_the_build_needs_only_its_backend_and_the_declared_licence_is_shipped():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["build-system"]["requires"] == ["hatchling>=1.21"]
+    torch = next(d for d in project["project"]["dependencies"] if d.startswith("torch"))
+    from packaging.requirements import Requirement
+
+    assert Requirement(torch).specifier.contains("2.13.0") and not Requirement(torch).specifier.contains("2.4.1")
+    assert project["project"]["license"] == "Apache-2.0"
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("Copyright 2026 SpectraMind contributors\n")
+    assert "Apache License\n                           Version 2.0, January 2004" in text
 
 
 def test_docker_workflow_builds_on_main_and_pushes_only_with_secrets():
