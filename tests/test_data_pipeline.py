@@ -18,13 +18,17 @@ from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
 from spectramind.physics.wavelengths import FGS1_WAVELENGTH_UM, airs_detector_wavelengths_um
 
 SEED = 7
+FIT_MODEL = {"limb_darkening": "quadratic", "orbit_sma_sigma": 0.0, "orbit_inc_sigma_deg": 0.0, "drift": "separable",
+             "psf": "simple", "nonlinearity": "weak", "read_noise": "simple", "per_visit_maps": False,
+             "atmosphere": "simple"}
 
 
 def small_settings(tmp, **simulate):
     """The shipped synthetic set (its YAML calibration) shrunk to a few planets, under `tmp`."""
     s = make_settings(f"seed={SEED}", "data=synthetic")
+    # The simulator's switches at the model the recovery test fits (test_data_simulate_honest covers the rest).
     sim = replace(s.data.simulate, n_train=3, n_test=1, two_visit_fraction=0.3, airs_reads=300, fgs1_reads=1200,
-                  cosmic_ray_rate=1e-4, jitter_px=0.05, star_table=None)
+                  cosmic_ray_rate=1e-4, jitter_px=0.05, star_table=None, **FIT_MODEL)
     data = replace(s.data, root=str(tmp / "raw"), store=str(tmp / "store"), baseline=str(tmp / "baseline"),
                    num_workers=0, simulate=replace(sim, **simulate),
                    calibrate=replace(s.data.calibrate, airs_bin=3, fgs1_bin=12),

@@ -31,6 +31,16 @@ class Simulate:
     cosmic_ray_rate: float
     jitter_px: float
     star_table: str | None
+    full_size: bool            # the real read counts (11,250 AIRS / 135,000 FGS1 reads per visit)
+    limb_darkening: str        # claret | quadratic (the fit's own law)
+    orbit_sma_sigma: float     # relative scatter of the true a/Rs around the star info's
+    orbit_inc_sigma_deg: float
+    drift: str                 # nonseparable | separable
+    psf: str                   # measured | simple
+    nonlinearity: str          # real | weak
+    read_noise: str            # measured | simple
+    per_visit_maps: bool
+    atmosphere: str            # cloudy | simple
 
 
 @dataclass(frozen=True)
