@@ -6,7 +6,9 @@ RSS is per visit; on a shared machine the CPU seconds travel better than the wal
 the parquet-reading share (also with the files evicted from the page cache, as Kaggle reads them), the
 speed-up (both sides reading cached files), peak RSS of both, and whether calibrating the hidden test set
 (1,100 planets x 1.1 visits on a 4-CPU Kaggle notebook) plus prediction fits the trainer's reserve.
-Usage: python benchmarks/bench_calibrate.py [--repeats N] [--predict-seconds-per-planet S]
+Usage: python benchmarks/bench_calibrate.py [--repeats N] [--predict-seconds-per-planet S] [--root RAW]
+[--set key=value ...]  (--root: the first train visit of an existing raw folder instead of a simulated one,
+so a before/after comparison reads the same bytes; --set: calibration overrides, e.g. data.calibrate.airs_bin=5)
 """
 
 import argparse
@@ -29,22 +31,26 @@ KAGGLE_CPUS = 4
 
 
 def make_visit(folder: Path) -> Path:
-    from spectramind.config.settings import Simulate
+    """One full-size visit, from the synthetic set's simulator settings with the competition's sizes."""
+    import dataclasses
+
+    from spectramind.config.stage import load
     from spectramind.data.simulate import simulate
 
-    full_size = Simulate(n_train=1, n_test=0, two_visit_fraction=0.0, airs_reads=11250, fgs1_reads=135000,
-                         cosmic_ray_rate=1e-4, jitter_px=0.05, star_table=None)
+    shipped = load(["data=synthetic"])[1].data.simulate
+    full_size = dataclasses.replace(shipped, n_train=1, n_test=0, two_visit_fraction=0.0, airs_reads=11250,
+                                    fgs1_reads=135000)
     return simulate(folder / "raw", full_size, seed=1, num_workers=0, progress=False)["root"]
 
 
-def run_package(root: str) -> dict:
+def run_package(root: str, overrides: list[str]) -> dict:
     """The package's path for one visit: only the pixels used are read, chunked float32, kaggle.yaml's switches."""
     from spectramind.config.stage import load
     from spectramind.data import ariel_format as af
     from spectramind.data import calibrate as cal
     from spectramind.data.prepare import read_visit
 
-    opts = load(["data=kaggle"])[1].data.calibrate
+    opts = load(["data=kaggle", *overrides])[1].data.calibrate
     adc, axis = af.read_adc(root), af.read_axis_info(root)
     started, cpu = time.perf_counter(), time.process_time()
     visit = af.list_visits(root, "train")[0]
@@ -59,7 +65,7 @@ def run_package(root: str) -> dict:
     }
 
 
-def run_reference(root: str) -> dict:
+def run_reference(root: str, overrides: list[str]) -> dict:
     """The hosts' steps in plain numpy (float64, whole arrays, masked arrays), non-linearity included."""
     import pandas as pd
 
@@ -122,13 +128,13 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # elsewhere: an upper bound
 
 
-def measure(which: str, root: str, repeats: int, cold: bool = False) -> dict:
+def measure(which: str, root: str, repeats: int, cold: bool = False, overrides: tuple[str, ...] = ()) -> dict:
     """Run `which` in fresh processes; median seconds and the largest peak RSS (GiB)."""
     runs = []
     for _ in range(repeats):
         if cold:
             evict_from_page_cache(root)
-        cmd = [sys.executable, __file__, "--child", which, root]
+        cmd = [sys.executable, __file__, "--child", which, root, *(f"--set={o}" for o in overrides)]
         runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
     return {
         "seconds_per_visit": round(statistics.median(r["seconds"] for r in runs), 3),
@@ -161,20 +167,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--predict-seconds-per-planet", type=float, default=1.0)
+    parser.add_argument("--root", help="an existing raw folder (competition layout) to calibrate instead")
+    parser.add_argument("--set", action="append", default=[], help="a calibration override (Hydra syntax)")
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
     if args.child:
         which, root = args.child
-        result = (run_package if which == "package" else run_reference)(root)
+        result = (run_package if which == "package" else run_reference)(root, args.set)
         result["peak_rss_gib"] = peak_rss_kib() / 2**20
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         started = time.perf_counter()
-        root = make_visit(Path(tmp))
+        root = args.root or make_visit(Path(tmp))
         simulate_s = time.perf_counter() - started
-        package = measure("package", root, args.repeats)
-        package_cold = measure("package", root, args.repeats, cold=True)
+        package = measure("package", root, args.repeats, overrides=tuple(args.set))
+        package_cold = measure("package", root, args.repeats, cold=True, overrides=tuple(args.set))
         reference = measure("reference", root, args.repeats)
     speedup = reference["seconds_per_visit"] / package["seconds_per_visit"]
     cpu_speedup = reference["cpu_seconds_per_visit"] / package["cpu_seconds_per_visit"]
@@ -184,7 +192,8 @@ def main() -> None:
                 "benchmark": "calibrate one full-size planet-visit",
                 "cpus": os.cpu_count(),
                 "load_average_1m": round(os.getloadavg()[0], 2),
-                "simulate_full_visit_s": round(simulate_s, 1),
+                "simulate_full_visit_s": None if args.root else round(simulate_s, 1),
+                "overrides": args.set,
                 "package": package,
                 "package_cold_page_cache": package_cold,
                 "reference_numpy": reference,

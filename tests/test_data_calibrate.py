@@ -24,6 +24,7 @@ BASE = dataclasses.replace(
     background_rows=0,
     cosmic_sigma=0.0,
     fill_masked=False,
+    extraction="box",
     airs_rows=(10, 22),
 )
 
@@ -58,7 +59,7 @@ def reads_from(image, dark, dt=(0.1, 4.6), beta=None):
 
 def visit(airs_image=None, fgs_image=None, airs_maps=None, fgs_maps=None, beta=None):
     airs_image = np.full((N_PAIRS, 32, 356), 100.0) if airs_image is None else airs_image
-    fgs_image = np.full((N_PAIRS, 32, 32), 100.0) if fgs_image is None else fgs_image
+    fgs_image = np.full((len(airs_image), 32, 32), 100.0) if fgs_image is None else fgs_image
     airs_maps = airs_maps or maps_for(356)
     fgs_maps = fgs_maps or maps_for(32)
     raw = {
@@ -71,7 +72,8 @@ def visit(airs_image=None, fgs_image=None, airs_maps=None, fgs_maps=None, beta=N
         "FGS1_adc_gain": GAIN,
         "FGS1_adc_offset": OFFSET,
     }
-    axis = {"AIRS-CH0-axis0-h": np.repeat(np.arange(N_PAIRS) * 0.1, 2) + np.tile([0, 1e-5], N_PAIRS)}
+    pairs = len(airs_image)
+    axis = {"AIRS-CH0-axis0-h": np.repeat(np.arange(pairs) * 0.1, 2) + np.tile([0, 1e-5], pairs)}
     return raw, {"AIRS-CH0": airs_maps, "FGS1": fgs_maps}, adc, axis
 
 
@@ -184,13 +186,111 @@ def test_switch_cosmic_sigma_rejects_a_hit_but_keeps_a_transit():
     level = 10000.0 * np.r_[np.ones(15), np.full(10, 0.98), np.ones(15)]  # a 2 % dip over 10 frames
     image = level[:, None, None] + rng.normal(0, 100, (n, 32, 356))
     image[22, 15, 150] += 8000.0
+    image[5, 3, 40] -= 3000.0  # a bad read below the trend: rejection is two-sided
     cds = image.astype(np.float32)
-    read = np.full((32, 356), 13.0)
-    cleaned = cal.reject_cosmic_rays(cds.copy(), read, 5.0)
-    assert abs(cleaned[22, 15, 150] - level[22]) < 500
+    cleaned = cds.copy()
+    count = cal.reject_cosmic_rays(cleaned, np.full((32, 356), 13.0), 5.0)
+    assert abs(cleaned[22, 15, 150] - level[22]) < 500 and abs(cleaned[5, 3, 40] - level[5]) < 500
     changed = np.argwhere(cleaned != cds)
-    assert len(changed) < 20  # the hit, and a handful of >5-sigma noise values at most
+    assert count == len(changed) and 2 <= count < 20  # both outliers, and a handful of noise values at most
     assert np.allclose(cleaned.mean((1, 2)), cds.mean((1, 2)), atol=1.0)
+
+
+def test_cosmic_rays_judge_each_pixel_by_its_own_scatter():
+    """A pixel that jitter makes 30x noisier than Poisson keeps its values; a hit on a quiet pixel goes."""
+    rng = np.random.default_rng(6)
+    n = 400
+    cds = rng.normal(1000.0, 30.0, (n, 6, 8)).astype(np.float32)
+    wobble = rng.normal(0.0, 1.0, n).astype(np.float32)
+    cds[:, 2, 3] += 900.0 * wobble  # a PSF-core pixel moving with the pointing
+    cds[:, 2, 4] -= 900.0 * wobble  # its neighbour takes the light it loses
+    cds[100, 4, 6] += 3000.0
+    cleaned = cds.copy()
+    assert cal.reject_cosmic_rays(cleaned, np.full((6, 8), 5.0), 5.0) <= 3
+    assert np.array_equal(cleaned[:, 2, 3:5], cds[:, 2, 3:5])
+    assert abs(cleaned[100, 4, 6] - 1000.0) < 150
+
+
+def trace(n, centre=15.5, width=1.3, level=3000.0, rng=None, background=0.0):
+    """(n, 32, 356) AIRS CDS images of a Gaussian trace across the rows (centre, width: scalars or (n,)),
+    `level` e- per column, plus `background` e- per pixel; photon + read noise when rng is given."""
+    rows = np.arange(32)[None, :]
+    centre, width = np.broadcast_to(centre, (n,))[:, None], np.broadcast_to(width, (n,))[:, None]
+    profile = np.exp(-0.5 * ((rows - centre) / width) ** 2)
+    profile /= profile.sum(1, keepdims=True)
+    image = level * profile[:, :, None] + np.broadcast_to(background, (n,))[:, None, None]
+    image = np.broadcast_to(image, (n, 32, 356)).copy()
+    if rng is not None:
+        image += rng.normal(0.0, 1.0, image.shape) * np.sqrt(image + 2 * 13.0**2)
+    return image
+
+
+def test_switch_extraction_optimal_is_less_noisy_than_the_box_and_as_accurate():
+    rng = np.random.default_rng(7)
+    v = visit(airs_image=trace(60, rng=rng))
+    box, optimal = run(v, airs_bin=1, extraction="box"), run(v, airs_bin=1, extraction="optimal")
+
+    def noise(out):
+        return out["flux"][:, 1:].std(0)
+
+    assert np.median(noise(optimal) / noise(box)) < 0.85  # read noise weighs on the wings the box adds up
+    for out in (box, optimal):
+        assert abs(np.median(noise(out) / out["flux_err"][:, 1:].mean(0)) - 1) < 0.1  # its error is its scatter
+        assert abs(np.median(out["flux"][:, 1:]) / 3000.0 - 1) < 5e-3  # the light in the rows, unbiased
+
+
+@pytest.mark.parametrize("extraction", ["optimal", "box"])
+def test_masked_pixels_are_filled_bin_by_bin_from_the_moving_profile(extraction):
+    """A dead pixel in the trace core reads nothing; the pointing moves the trace across it. Filled from the
+    profile moved by each bin's centroid, the column follows the light; a fill constant in time would keep
+    the jitter imprint (0.1 px of motion moves ~3 % of the column's light across the pixel)."""
+    n = 24
+    centre = 15.5 + 0.1 * np.sin(np.arange(n) / 3.0)
+    image = trace(n, centre=centre)
+    image[:, 15, 100] = 0.0
+    airs = maps_for(356)
+    airs["dead"][15, 100] = True
+    v = visit(airs_image=image, airs_maps=airs)
+    col = 321 - 100
+    filled = run(v, airs_bin=1, fgs1_bin=1, extraction=extraction, fill_masked=True)["flux"][:, col]
+    dropped = run(v, airs_bin=1, fgs1_bin=1, extraction="box", fill_masked=False)["flux"][:, col]
+    # The ADC's rounding alone scatters a column by ~0.1 %.
+    assert np.ptp(filled / filled.mean()) < 0.4 * np.ptp(dropped / dropped.mean())
+    assert np.abs(filled / 3000.0 - 1).max() < 4e-3  # the dead pixel's light restored in every bin
+
+
+def test_switch_background_window_follows_a_slow_background_or_holds_it_constant():
+    n = 40
+    background = np.linspace(20.0, 80.0, n)  # e- per pixel, rising through the visit
+    v = visit(airs_image=trace(n, background=background))
+    constant = run(v, airs_bin=1, fgs1_bin=1, background_rows=4, background_window=0)["flux"][:, 1]
+    running = run(v, airs_bin=1, fgs1_bin=1, background_rows=4, background_window=3)["flux"][:, 1]
+    assert np.abs(running[1:-1] / 3000.0 - 1).max() < 8e-3  # the ends' windows sit one bin inwards
+    assert np.ptp(running[1:-1]) < 0.05 * np.ptp(constant)
+    # The whole visit's mean level: right on average, off by the background's swing at the ends.
+    assert abs(constant.mean() / 3000.0 - 1) < 2e-3 and np.ptp(constant) == pytest.approx(12 * 60, rel=0.03)
+
+
+def test_jitter_regressors_follow_the_spectral_shift_and_the_psf_widths():
+    n = 16
+    shift = 0.2 * np.sin(np.arange(n) / 2.0)  # pixels along the dispersion
+    width = 1.3 + 0.2 * np.cos(np.arange(n) / 2.0)
+    columns = np.arange(356)[None, :] - shift[:, None]
+    spectrum = 3000.0 * (1.0 + 0.3 * np.sin(2 * np.pi * columns / 23.0))  # lines to cross-correlate on
+    airs = trace(n, width=width, level=1.0) * spectrum[:, None, :]
+    grid = np.arange(32)
+    fgs_sigma = 2.0 + 0.3 * np.sin(np.arange(n) / 2.0)
+    g = np.exp(-0.5 * ((grid[None, :] - 15.5) / fgs_sigma[:, None]) ** 2)
+    fgs = 1e4 * g[:, :, None] * g[:, None, :]
+    opts = {"airs_bin": 1, "fgs1_bin": 1, "jitter_shape": True, "fill_masked": True}
+    out = run(visit(airs_image=airs, fgs_image=fgs), **opts)
+    jitter = dict(zip(cal.jitter_columns(dataclasses.replace(BASE, **opts)), out["jitter"].T, strict=True))
+    assert np.corrcoef(jitter["airs_x"], shift)[0, 1] > 0.99
+    assert np.polyfit(shift, jitter["airs_x"], 1)[0] == pytest.approx(1.0, abs=0.15)
+    assert np.corrcoef(jitter["airs_width"], width)[0, 1] > 0.99
+    assert np.corrcoef(jitter["fgs1_width"], fgs_sigma)[0, 1] > 0.99
+    assert np.ptp(jitter["airs_y"]) < 0.01  # the widths do not move the centroid
+    assert run(visit(), jitter_shape=False)["jitter"].shape[1] == len(cal.JITTER_COLUMNS)
 
 
 def test_switch_bin_sizes_and_extraction_windows():

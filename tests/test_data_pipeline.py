@@ -11,6 +11,7 @@ import torch
 from conftest import make_settings
 
 from spectramind.data import ariel_format as af
+from spectramind.data import calibrate as cal
 from spectramind.data.dataset import LightCurveDataset, read_store_attrs
 from spectramind.data.prepare import calibrate, require_store
 from spectramind.data.simulate import simulate_raw
@@ -161,13 +162,33 @@ def test_manifest_splits_are_disjoint_planet_level_and_seeded(built):
     assert summary["n_time"] == 50 and summary["n_bins"] == 283 and summary["visits"] >= 4
 
 
+def attrs_jitter(store):
+    return read_store_attrs(store)["jitter_columns"]
+
+
+def test_store_names_every_jitter_regressor_and_the_manifest_counts_cosmic_rays(built):
+    s, store = built
+    assert attrs_jitter(store) == list(cal.jitter_columns(s.data.calibrate))
+    assert set(cal.SHAPE_COLUMNS) <= set(attrs_jitter(store))  # the shipped default measures the PSF shape
+    manifest = json.loads((store / "manifest.json").read_text())
+    counts = manifest["cosmic_replaced"]
+    assert len(counts) == sum(len(p["visits"]) for p in manifest["planets"])
+    # The simulator's hits (1e-4 per pixel per CDS frame) over the pixels calibration reads, found.
+    for inst, reads in (("AIRS-CH0", 300), ("FGS1", 1200)):
+        rows, cols = cal.pixels(inst, s.data.calibrate)
+        expected = 1e-4 * reads / 2 * len(rows) * len(cols)
+        found = np.mean([c[inst] for c in counts.values()])
+        assert 0.7 * expected < found < 1.5 * expected + 3, inst
+
+
 def test_dataset_items_shapes_normalisation_and_attrs(built):
     _, store = built
     ds = LightCurveDataset(store, "all")
     item = ds[0]
     assert item["flux"].shape == (50, 283) and item["flux"].dtype == torch.float32
     assert item["flux_err"].shape == (50, 283) and item["time"].shape == (50,)
-    assert item["jitter"].shape == (50, 3) and item["star"].shape == (9,) and item["target"].shape == (283,)
+    assert item["jitter"].shape == (50, len(attrs_jitter(store))) and item["star"].shape == (9,)
+    assert item["target"].shape == (283,)
     assert item["planet_id"].dtype == torch.int64 and item["planet_id"].ndim == 0
     assert abs(float(item["flux"].median()) - 1.0) < 0.03
     assert torch.isfinite(item["target"]).all()

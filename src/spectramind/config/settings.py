@@ -58,6 +58,10 @@ class Calibrate:
     background_rows: int
     cosmic_sigma: float
     fill_masked: bool
+    background_window: int
+    extraction: str
+    profile_smooth: int
+    jitter_shape: bool
 
 
 @dataclass(frozen=True)

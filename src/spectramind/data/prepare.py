@@ -137,11 +137,12 @@ def calibrate_folder(
     attrs = {
         **stats,
         "star_columns": list(STAR_COLUMNS),
-        "jitter_columns": list(cal.JITTER_COLUMNS),
+        "jitter_columns": list(cal.jitter_columns(opts)),
         "source": str(root),
     }
 
     tasks = [(v, adc, axis, opts, float(star_rows[v.planet_id][-1])) for v in visits]
+    replaced = {}  # visit key -> instrument -> CDS values the cosmic-ray pass replaced
     with st.writer(store, attrs) as add:
         for i, arrays in imap_unordered(_calibrate_one, tasks, num_workers, "calibrate", progress):
             v = visits[i]
@@ -151,6 +152,7 @@ def calibrate_folder(
                 else np.full(af.N_BINS, np.nan)
             )
             t0 = arrays.pop("t0_h")
+            replaced[st.visit_key(v.planet_id, v.visit)] = arrays.pop("cosmic_replaced")
             add(
                 v.planet_id,
                 v.visit,
@@ -171,7 +173,7 @@ def calibrate_folder(
     }
     files.write_json(store / st.SUMMARY_NAME, summary)
     manifest.update(config=_store_config(calibrate, split, seed), folders=list(folders),
-                    source_fingerprint=fingerprint)
+                    source_fingerprint=fingerprint, cosmic_replaced=dict(sorted(replaced.items())))
     files.write_json(store / st.MANIFEST_NAME, manifest)  # last: its presence marks a complete store
     return summary
 
@@ -205,6 +207,7 @@ def _calibrate_one(task) -> dict:
         "oot": oot,
         "norm": norm,
         "t0_h": t0,
+        "cosmic_replaced": out["cosmic_replaced"],
     }
 
 

@@ -5,7 +5,7 @@ Layout of `lightcurves.h5` (schema SCHEMA_VERSION):
       flux (T, 283) f4        each bin divided by its out-of-transit median (FGS1 column 0, AIRS 1..282)
       flux_err (T, 283) f4    1-sigma photon + read noise, same normalisation
       time (T,) f4            hours since the start of the visit
-      jitter (T, J) f4        pointing estimates in pixels, columns = attrs["jitter_columns"]
+      jitter (T, J) f4        pointing and PSF-shape estimates in pixels, columns = attrs["jitter_columns"]
       oot (T,) bool           out-of-transit bins used for the normalisation
       norm (283,) f8          the out-of-transit medians (electrons per bin): flux * norm is electrons
       star (S,) f4            star and orbit, columns = attrs["star_columns"]
