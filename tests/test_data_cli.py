@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_data_format import write_tiny_visit
 
@@ -92,6 +94,35 @@ def test_nan_calibration_map(cli, tmp_path):
     flat[3, 4] = np.nan
     af.write_map(root / "train" / "5" / "AIRS-CH0_calibration_0" / "flat.parquet", flat)
     assert_one_line_error(calibrate(cli, tmp_path, root), "flat.parquet", "NaN or inf")
+
+
+def assert_no_store(tmp_path):
+    store = tmp_path / "out" / "data" / "kaggle" / "store"
+    assert not (store / "lightcurves.h5").exists() and not (store / "manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        ("nan_frames", ("AIRS-CH0_signal_0.parquet", "column_5 holds NaN or inf values")),
+        ("wrong_shape", ("FGS1_signal_0.parquet", "1000 columns, expected 1024 (32 x 32)")),
+    ],
+)
+def test_nan_frames_and_wrong_shapes_leave_no_store(cli, tmp_path, damage, fragments):
+    root = raw_folder(tmp_path)
+    folder = root / "train" / "5"
+    if damage == "nan_frames":  # a signal that went through floats with a missing value
+        values = np.full((4, 32 * 356), 7.0)
+        values[1, 5] = np.nan
+        pq.write_table(pa.table(list(values.T), names=[f"column_{i}" for i in range(32 * 356)]),
+                       folder / "AIRS-CH0_signal_0.parquet")
+    else:
+        values = np.zeros((4, 1000), np.uint16)
+        pq.write_table(pa.table(list(values.T), names=[f"column_{i}" for i in range(1000)]),
+                       folder / "FGS1_signal_0.parquet")
+    assert_one_line_error(calibrate(cli, tmp_path, root), *fragments)
+    assert_no_store(tmp_path)
 
 
 @pytest.mark.slow
