@@ -73,6 +73,6 @@ def test_settings_are_built_typed_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.trainer.max_epochs = 3  # type: ignore[misc]
     broken = compose([])
-    broken["fit"].pop("drift")
+    broken["fit"].pop("drift_time_degree")
     with pytest.raises(ConfigError, match="^fit: expected the keys"):
         st.build(broken)

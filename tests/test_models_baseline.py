@@ -25,11 +25,12 @@ def _store(tmp_path, *overrides):
     s = make_settings(*overrides)
     store = tmp_path / "store"
     s = replace(s, data=replace(s.data, store=str(store), baseline=str(tmp_path / "baseline")))
-    batch, depth = make_visits(b=2, n=N)
+    batch, truth = make_visits(b=2, n=N)
     with st.writer(store, {"star_columns": list("abcdefghi"), "jitter_columns": ["x", "y"]}) as add:
         for i, pid in enumerate((11, 12)):
             arrays = {k: batch[k][i].numpy() for k in ("flux", "flux_err", "time", "jitter", "star")}
-            arrays.update(oot=np.ones(len(arrays["time"]), bool), norm=np.ones(N), target=depth[i].numpy())
+            arrays.update(oot=np.ones(len(arrays["time"]), bool), norm=np.ones(N),
+                          target=truth["depth"][i].astype(np.float32))
             add(pid, 0, arrays, {"t0_h": 3.75})
     manifest = {"planets": [{"planet_id": p, "visits": [0]} for p in (11, 12)],
                 "splits": {"train": [11, 12], "val": [], "test": [], "predict": []},
@@ -46,7 +47,7 @@ def test_sidecar_holds_the_fit_per_visit_and_is_reused(tmp_path):
     stamp = path.stat().st_mtime_ns
     again = fit_baseline(s, progress=False)
     assert Path(again["baseline"]) == path and again["cached"] and path.stat().st_mtime_ns == stamp
-    assert Path(fit_baseline(replace(s, fit=replace(s.fit, drift_degree=1)), progress=False)["baseline"]) != path
+    assert Path(fit_baseline(replace(s, fit=replace(s.fit, drift_time_degree=2)), progress=False)["baseline"]) != path
     item = LightCurveDataset(s.data.store, "train", sidecars=[path])[1]
     mu, sigma = PhysicsFit(s.fit, n_bins=N)(batch)
     torch.testing.assert_close(item["baseline_mu"], mu[1])

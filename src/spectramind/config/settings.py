@@ -84,18 +84,26 @@ class Data:
 
 @dataclass(frozen=True)
 class Fit:
-    drift: str
-    drift_degree: int
+    drift_time_degree: int
+    drift_wavelength_degree: int
     use_jitter: bool
-    common_mode: bool
+    jitter_wavelength_degree: int
+    sma_prior_width: float
+    inc_prior_width_deg: float
+    ld_prior_width: float | None
     outlier_sigma: float
     iterations: int
     t0_grid: int
     red_noise_window: int
     spectral_outlier_sigma: float
     min_transit_snr: float
+    edge_margin: float
+    max_chi2: float
+    fgs1_airs_tolerance: float
+    fgs1_airs_sigma: float
     failed_sigma_factor: float
     failed_sigma_min: float
+    soft_sigma_factor: float
     sigma_scale: float
 
 

@@ -52,10 +52,15 @@ def _ellipk_ellipe(kc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _cel(kc, one, 1.0, one), _cel(kc, one, 1.0, kc * kc)
 
 
-def _occulted_fraction(z: torch.Tensor, p: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
-    """Fraction of the limb-darkened stellar flux hidden by a disk of radius p at distance z (0 <= p < 1)."""
-    shape = torch.broadcast_shapes(z.shape, p.shape, u1.shape, u2.shape)
-    z, p, u1, u2 = (t.expand(shape).reshape(-1) for t in (z, p, u1, u2))
+def occultation_basis(z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """(..., 3) the limb-darkening-free terms of the occulted flux of a disk of radius p at distance z.
+
+    The quadratic law's occulted fraction is linear in them for given (u1, u2) (see `occulted_fraction`):
+    lambda_e (the uniform-disk overlap), lambda_d + 2/3 [p > z] and eta. A fit that varies the limb
+    darkening evaluates them once per (z, p) and gets the coefficients' derivatives exactly.
+    """
+    shape = torch.broadcast_shapes(z.shape, p.shape)
+    z, p = (t.expand(shape).reshape(-1) for t in (z, p))
     # Keep z off the singular circles z = p and z = 1 - p (elliptic modulus -> 1 or n -> infinity).
     for singular in (p, 1.0 - p):
         z = torch.where((z - singular).abs() < _Z_NUDGE, singular + _Z_NUDGE, z)
@@ -72,12 +77,15 @@ def _occulted_fraction(z: torch.Tensor, p: torch.Tensor, u1: torch.Tensor, u2: t
             eta = eta.index_put((mask,), terms[1])
             if regime is _partial_overlap:
                 lam_e = lam_e.index_put((mask,), terms[2])
-    covers_centre = (p > z).to(z.dtype)
+    lam_d = lam_d + 2.0 / 3.0 * (p > z).to(z.dtype)
+    return torch.stack([lam_e, lam_d, eta], dim=-1).reshape(*shape, 3)
+
+
+def occulted_fraction(basis: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """Fraction of the quadratic limb-darkened stellar flux hidden, from `occultation_basis` (..., 3)."""
+    lam_e, lam_d, eta = basis.unbind(-1)
     omega = 1.0 - u1 / 3.0 - u2 / 6.0
-    blocked = (
-        (1.0 - u1 - 2.0 * u2) * lam_e + (u1 + 2.0 * u2) * (lam_d + 2.0 / 3.0 * covers_centre) + u2 * eta
-    ) / omega
-    return blocked.reshape(shape)
+    return ((1.0 - u1 - 2.0 * u2) * lam_e + (u1 + 2.0 * u2) * lam_d + u2 * eta) / omega
 
 
 def _partial_overlap(z: torch.Tensor, p: torch.Tensor):
@@ -163,7 +171,7 @@ def transit_flux(time_h, t0_h, period_days, a_over_rs, inc_deg, rp_over_rs, u1, 
     orbit = [x.unsqueeze(-1) for x in (t0_h, period_days, a_over_rs, inc_deg)]
     z = sky_separation(time_h, *orbit)
     p = rp.unsqueeze(-1).clamp(1e-9, 1.0 - 1e-6)
-    blocked = _occulted_fraction(z, p, u1.unsqueeze(-1), u2.unsqueeze(-1))
+    blocked = occulted_fraction(occultation_basis(z, p), u1.unsqueeze(-1), u2.unsqueeze(-1))
     return (1.0 - blocked).to(dtype)
 
 
