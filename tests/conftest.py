@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env.pop("SPECTRAMIND_DEBUG", None) if env is None or "SPECTRAMIND_DEBUG" not in env else None
     return subprocess.run([sys.executable, "-m", "spectramind", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def group_gone(pgid: int, timeout: float = 10) -> bool:
+    """Whether every process of the process group `pgid` has exited within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.fixture

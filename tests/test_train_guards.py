@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 
 import pytest
 import torch
+from conftest import group_gone
 from test_train_fixtures import toy_script
 
 from spectramind.train import checkpoint
@@ -30,18 +32,21 @@ class Slow(ToyModel):
 
 run_dir = {run_dir!r}
 summary = fit(Slow(), gll, ToyDataset({n}), ToyDataset(8, seed=1),
-              trainer_cfg(max_epochs=1, batch_size=4, budgets={{"time_min": {time_min}}}),
+              trainer_cfg(max_epochs=1, batch_size=4, budgets={{"time_min": {time_min}}},
+                          loader={{"num_workers": {workers}}}),
               run_dir=run_dir, optimizer=adam(), events=EventLog(run_dir), started_at=started_at())
 print("SUMMARY", summary["stop_reason"], flush=True)
 """
 
 
-def _start(tmp_path, sleep_s=0.05, n=4000, time_min=None):
+def _start(tmp_path, sleep_s=0.05, n=4000, time_min=None, workers=0):
+    """The job in its own process group, as a shell or a scheduler starts one."""
     run_dir = tmp_path / "run"
     script = tmp_path / "job.py"
-    script.write_text(toy_script(JOB.format(sleep_s=sleep_s, run_dir=str(run_dir), n=n, time_min=time_min)))
+    script.write_text(toy_script(JOB.format(sleep_s=sleep_s, run_dir=str(run_dir), n=n, time_min=time_min,
+                                            workers=workers)))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     return proc, run_dir
 
 
@@ -71,6 +76,22 @@ def test_a_signal_finishes_the_step_checkpoints_and_exits_zero(tmp_path, sig):
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     assert state["progress"]["global_step"] == summary["global_step"] >= 3
     assert state["progress"]["position"] == 4 * summary["global_step"]  # mid-epoch, on a step boundary
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_a_signal_to_the_process_group_with_loader_workers_stops_at_a_step_and_saves(tmp_path, sig):
+    # Ctrl-C or a scheduler signals every process of the job: the two DataLoader workers as well.
+    proc, run_dir = _start(tmp_path, workers=2)
+    _wait_for_steps(proc, run_dir, 3)
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    summary = _summary(run_dir)
+    assert summary["stop_reason"] == "signal" and summary["message"] == f"received {sig.name}"
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert state["progress"]["global_step"] == summary["global_step"] >= 3
+    assert state["progress"]["position"] == 4 * summary["global_step"]
+    assert group_gone(proc.pid), "a loader worker outlived the run"
 
 
 @pytest.mark.slow

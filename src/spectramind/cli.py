@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from spectramind import __version__
+from spectramind import __version__, signals
 
 app = typer.Typer(
     help="SpectraMind: Ariel raw frames to calibrated light curves to a scored submission.csv.",
@@ -126,9 +126,19 @@ def train(
         typer.echo("budgets: " + ", ".join(f"{k}={v}" for k, v in cfg["trainer"]["budgets"].items()))
         return
     from spectramind.train import setup
-    from spectramind.train.distributed import from_env, under_launcher
 
     setup.check(s)
+    with signals.handling():  # from here on a SIGTERM/SIGINT stops the command cleanly, between stages too
+        _train(cfg, s, overrides, params, plan)
+
+
+def _train(cfg: dict, s, overrides: list[str], params: str | None, plan: bool) -> None:
+    from spectramind.config import runhash
+    from spectramind.config.stage import run_hash
+    from spectramind.pipeline import input_fingerprint
+    from spectramind.train import setup
+    from spectramind.train.distributed import from_env, under_launcher
+
     if not under_launcher():
         _build_inputs("train", overrides, params, s)
     if plan:
@@ -360,7 +370,16 @@ def _run(command: str, overrides: list[str], params: str | None, work, uses_torc
 
     uses_torch=False: a CPU-only data stage, whose snapshot skips importing torch for its CUDA facts (~1.5 s).
     """
+    with signals.handling():
+        _run_stage(command, overrides, params, work, uses_torch)
+
+
+def _run_stage(command: str, overrides: list[str], params: str | None, work, uses_torch: bool) -> None:
+    """_run's body, under the stop-request handlers: a stage stopped by SIGTERM/SIGINT between two
+    pieces of its work is recorded as stopped (stop_reason signal) and the command exits 0; one that
+    finished as a signal came ends the command there, before the next stage starts."""
     from spectramind.config.stage import load, start
+    from spectramind.errors import Stopped
     from spectramind.pipeline import input_fingerprint
 
     cfg, s = load(overrides, params)
@@ -373,10 +392,16 @@ def _run(command: str, overrides: list[str], params: str | None, work, uses_torc
     typer.echo(f"{command}: run {stage.run_hash} in {stage.run_dir}", err=True)
     try:
         summary = dict(work(stage) or {})
+    except Stopped as e:
+        stage.finish("stopped", stop_reason="signal", message=str(e))
+        raise Stopped(f"{command}: stopped cleanly ({e}); nothing half-written, run the command again") from None
     except BaseException as e:
         stage.finish("failed", error=(str(e).strip().splitlines() or [type(e).__name__])[0])
         raise
-    stage.finish(summary.pop("status", "complete"), **summary)
+    status = summary.pop("status", "complete")
+    stage.finish(status, **summary)
+    if status == "complete" and signals.requested():
+        raise Stopped(f"{command}: complete, then stopped ({signals.requested()}) before the next stage")
 
 
 def _hash(command: str, overrides: list[str]) -> str:
@@ -399,5 +424,5 @@ def main() -> None:
     except SpectraMindError as e:
         if os.environ.get("SPECTRAMIND_DEBUG") == "1" or "--debug" in sys.argv:
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {e}" if e.exit_code else str(e), err=True)  # exit 0: a clean stop
         sys.exit(e.exit_code)

@@ -15,3 +15,9 @@ class DataError(SpectraMindError):
     """Missing, corrupt or malformed input data (names the file and the problem)."""
 
     exit_code = 3
+
+
+class Stopped(SpectraMindError):
+    """SIGTERM/SIGINT between two pieces of work: the stage stopped cleanly, nothing half-written."""
+
+    exit_code = 0

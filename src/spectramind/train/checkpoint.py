@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spectramind import files
+from spectramind import files, signals
 from spectramind.errors import DataError
 
 FORMAT = 1
@@ -34,7 +34,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader workers: derive python and numpy seeds from the per-worker torch seed."""
+    """DataLoader workers: SIGTERM/SIGINT left to the training loop; python and numpy seeds derived from
+    the per-worker torch seed."""
+    signals.leave_to_parent()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

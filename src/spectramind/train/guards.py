@@ -1,4 +1,5 @@
-"""Guardrails: the wall-clock budget, SIGTERM/SIGINT, host memory, disk, non-finite steps and the GPU cap.
+"""Guardrails: the wall-clock budget, host memory, disk, non-finite steps and the GPU cap (SIGTERM/SIGINT:
+spectramind.signals).
 
 Each guard only observes and answers "stop now?"; the loop decides when to ask (between optimizer
 steps) so that a stop always lands on a state that a checkpoint can capture exactly.
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -47,29 +46,6 @@ class TimeBudget:
     def crosses(self, work_s: float) -> bool:
         """Would `work_s` more seconds, the final checkpoint and the finish (+2%) pass the deadline?"""
         return (work_s + self.save_s + self.finish_s) * 1.02 > self.remaining()
-
-
-class Signals:
-    """SIGTERM/SIGINT ask for a clean stop after the current step; a second SIGINT aborts at once."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> Signals:
-        if threading.current_thread() is threading.main_thread():  # handlers can only live there
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt("second SIGINT: aborting without a checkpoint")
-        self.received = signal.Signals(signum).name
 
 
 class HostMemory:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from spectramind import files
+from spectramind import files, signals
 from spectramind.config.settings import Trainer as TrainerSettings
 from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError
@@ -135,7 +135,6 @@ class Trainer:
         guards.cap_gpu_memory(self.device, cfg.budgets.gpu_memory_gib)
         self.ckpt_dir = run_dir / "checkpoints"
         self.ckpt_bytes = 0
-        self.signals: guards.Signals | None = None
         self.metrics = MetricsLog(run_dir, enabled=dist.main)
         self.message = ""
 
@@ -176,7 +175,7 @@ class Trainer:
         eff, micro = self.cfg.effective_batch, self.p.micro_batch
         chunks = [order[j:min(j + micro, g + eff, len(order))]
                   for g in range(start, len(order), eff) for j in range(g, min(g + eff, len(order)), micro)]
-        return iter(self._loader(self.train_set, chunks, seed=self.seed * 1_000_003 + epoch * 7919 + start))
+        return _started(self._loader(self.train_set, chunks, seed=self.seed * 1_000_003 + epoch * 7919 + start))
 
     def _loader(self, dataset: Dataset, chunks: list[list[int]], seed: int) -> DataLoader:
         lc = self.cfg.loader
@@ -323,9 +322,9 @@ class Trainer:
             reason = "host_memory"
             self.message = (f"resident memory {self.host.current / guards.GIB:.2f} GiB above the "
                             f"{self.host.limit / guards.GIB:.2f} GiB budget")
-        if self.signals is not None and self.signals.received:
+        if signals.requested():
             reason = "signal"
-            self.message = f"received {self.signals.received}"
+            self.message = f"received {signals.requested()}"
         code = agree_max([guards.reason_code(reason)], self.dist, self.device)[0]
         return guards.GUARD_REASONS[code]
 
@@ -389,7 +388,7 @@ class Trainer:
         chunks = [order[i:i + self.p.micro_batch] for i in range(0, len(order), self.p.micro_batch)]
         names: list[str] = []
         sums = None
-        for batch in self._loader(self.val_set, chunks, seed=self.seed):
+        for batch in _started(self._loader(self.val_set, chunks, seed=self.seed)):
             batch = self._to_device(batch)
             with self._autocast():
                 mu, sigma = self.model(batch)
@@ -496,7 +495,7 @@ class Trainer:
         reason = ""
         bar = ProgressBar(self.cfg.progress_bar and self.dist.main)
         try:
-            with guards.Signals() as self.signals:
+            with signals.handling():
                 while not reason and self.p.epoch < self.cfg.max_epochs:
                     bar.start(f"epoch {self.p.epoch + 1}", len(self.order(self.p.epoch)), self.p.position)
                     reason = self.train_epoch(bar) or self.end_epoch()
@@ -529,6 +528,14 @@ class Trainer:
             files.write_json(self.run_dir / "summary.json", summary)
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "plots" / "loss_curves.png")
         return summary
+
+
+def _started(loader: DataLoader) -> Iterator[Batch]:
+    """The loader's iterator, its workers started with SIGTERM/SIGINT held back: they come to ignore
+    both (checkpoint.worker_init), so a signal to the process group leaves them to the loop, which stops
+    at a step boundary and ends them itself instead of finding them dead at the next batch."""
+    with signals.deferred():
+        return iter(loader)
 
 
 def _mean(sums: torch.Tensor, dist: Dist) -> list[float]:
