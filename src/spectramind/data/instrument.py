@@ -58,13 +58,14 @@ AIRS_COUNTS_LOGPOLY = (
     73.22554030782213,
     3.3296956798659534,
 )
+# psf: simple's stand-in for the outer rows' light: a background that grows with the column index
 AIRS_BACKGROUND_PER_COLUMN = 0.3  # e- per pixel per CDS frame per column index (3 at column 0, ~108 at 355)
 REFERENCE_TEFF_K = 5800.0
 # The trace widens to the red: the second moment over rows 8-24 (edge rows subtracted) of 20-column blocks
 # of the real mean CDS frame is 1.124 + 0.260 lambda (um) rows (1.52 at 1.7 um, 2.11 at 4.0 um). The
 # profile above, a median over columns 40-320, is the width at ~2.97 um; its core is stretched by
 # 1 + AIRS_CORE_STRETCH (lambda - 2.97 um), the slope tuned so that simulated frames give the real trend
-# through the same estimator (the wings, which do not widen, dilute the core's).
+# through the same estimator (the wings, of fixed shape, dilute the core's widening).
 AIRS_TREND_ROWS_PER_UM = 0.260
 AIRS_CORE_STRETCH, AIRS_PROFILE_UM = 0.19, 2.97
 # PSF wings that reach the outer rows in proportion to the column's light: the real rows 0-1 and 30-31
