@@ -195,6 +195,8 @@ def test_visits_record_the_true_orbit_and_the_nuisances(simulated):
     assert visits.sma[0] != star.sma and abs(visits.sma[0] / star.sma - 1) < 0.2
     for column in ("drift_a3", "drift_c2", "drift_cross", "AIRS-CH0_dead_fraction", "FGS1_min_flat"):
         assert np.isfinite(visits[column]).all()
+    noise = pd.read_csv(simulated["root"] / "simulation_noise.csv").set_index("planet_id")
+    assert list(noise.columns) == list(af.SIGMA_COLUMNS) and (noise.to_numpy() > 0).all()
 
 
 def test_drift_is_not_separable_unless_asked():
@@ -264,3 +266,21 @@ def test_full_size_writes_the_real_read_counts(tmp_path):
     assert af.read_signal(visit, "AIRS-CH0").shape == (11250, 32, 356)
     assert af.read_signal(visit, "FGS1").shape == (135000, 32, 32)
     assert np.isfinite(af.read_axis_info(root)["AIRS-CH0-axis0-h"]).sum() == 11250
+
+
+def test_quadratic_switch_gives_the_fits_own_transit():
+    from spectramind.physics.transit import quadratic_ld_coefficients, transit_flux
+
+    rng = np.random.default_rng(8)
+    planet = sim._draw_planet(rng, "train", SIMPLE, None)
+    _, _, ts, _, _, period, sma, inc = planet["star"]
+    assert planet["orbit"] == (sma, inc)  # no orbit scatter: the star info's own
+    visit = sim._draw_visit(rng, SIMPLE)
+    wl, t = airs_detector_wavelengths_um(), np.linspace(0.0, ins.VISIT_HOURS, 300)
+    depth = planet["depth"][1:]
+    ours = sim._transit(planet, visit, wl, depth, t, SIMPLE)
+    u1, u2 = quadratic_ld_coefficients(wl, ts)
+    fits = transit_flux(t, visit["t0_h"], period, sma, inc, np.sqrt(depth), u1, u2).numpy()
+    assert np.abs(ours - fits).max() < 1e-9
+    honest = sim._transit(planet, visit, wl, depth, t, HONEST)  # Claret's law: a different shape
+    assert np.abs(honest - fits).max() > 1e-5
