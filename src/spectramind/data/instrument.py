@@ -102,9 +102,10 @@ FLAT_MEDIAN, FLAT_SCATTER = 1.01, 0.02
 READ_MEDIAN, READ_SCATTER = 13.0, 0.5
 # The real AIRS read map's distribution, as quantiles (e-) at READ_PROBABILITIES: median 13.0, std 4.65, a tail
 # to 152.6 e- (0.1% of pixels above 78 e-); FGS1's is alike (median 13.3, std 4.74, max 114).
-READ_PROBABILITIES = (0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 1)
+READ_PROBABILITIES = (0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
+                      0.9998, 0.9999, 1)
 READ_QUANTILES = (11.84, 12.16, 12.35, 12.46, 12.68, 13.03, 13.6, 14.95, 17.11, 22.45, 29.34, 41.57, 61.63,
-                  78.09, 152.63)
+                  78.09, 95.12, 124.16, 135.0, 152.63)
 # Per-visit bad pixels across the competition's visits: dead 0.1-1.1%, hot up to 1.7% (this visit: AIRS 0.1%
 # dead, 0.7% hot at 5 sigma; FGS1 0.3% dead, 1.0% hot), and good pixels' flat down to 0.57.
 DEAD_FRACTION_RANGE = (0.001, 0.011)
