@@ -195,7 +195,7 @@ def reject_cosmic_rays(cds: np.ndarray, read: np.ndarray, n_sigma: float) -> int
             floor = 1.3 * (np.maximum(block[:, sample].mean(1), 0.0) + 2.0 * read[r, lo : lo + step] ** 2)
             threshold = np.float32(n_sigma) * np.maximum(scale, np.sqrt(floor)).astype(np.float32)
             np.greater(size, threshold[:, None], out=hot[: len(block)])
-            c, t = np.nonzero(hot[: len(block)])
+            c, t = np.divmod(np.flatnonzero(hot[: len(block)]), n)  # 1-D: ~3x faster than a 2-D nonzero
             found.append((np.full(len(c), r), c + lo, t, residual[c, t], trend[c, t]))
     r, c, t, residual, trend = (np.concatenate(x) for x in zip(*found, strict=True))
     neighbour = np.zeros(len(r))  # the largest same-signed residual among the 8 neighbours
@@ -289,25 +289,44 @@ def extract(
         coords = (xx.reshape(-1, 1).astype(np.float64), yy.reshape(-1, 1).astype(np.float64))
     moments = [_moments(frames, good, c) for c in coords]  # [(centre, variance) (T, B)] per axis
     profile = trace_profile(frames, good, shape, instrument, opts.profile_smooth)
-    weight = np.where(good, 1.0, 0.0)
-    if opts.fill_masked or opts.extraction == "optimal":
+    masked = ~good.all(0)  # bins with a masked pixel: their profile follows the pointing
+    if not (opts.fill_masked or opts.extraction == "optimal"):
+        masked[:] = False
+    flux, err = np.zeros((2, len(frames), len(masked)))
+    if not masked.all():  # (FGS1's one bin has a masked pixel on the real maps: no static pass then)
+        flux, err = _extract_flux(frames, good, profile, sky, sky_sd, flat, floor, opts)
+    if masked.any():
         offsets = np.stack([centre.mean(1) for centre, _ in moments], axis=1)  # (T, K): one pointing per bin
-        moved = shifted_profile(frames, good, profile, offsets, shape, instrument, opts.profile_smooth)
-        # Only where a pixel is masked: elsewhere the static profile's weights do as well and the box needs
-        # no fill, and the measured slopes' noise stays out.
-        profile = np.where(good.all(0), profile, moved)
-    flux = (frames * weight).sum(1) / ((profile * weight).sum(1) if opts.fill_masked else 1.0)
-    if opts.extraction == "optimal":
-        # Horne (1986): weights P / V with V from the model flux x profile, not from the data (a weight
-        # from the data itself would favour low values and bias the flux down).
-        weight = np.where(good, profile, 0.0) / _pixel_variance(flux[:, None] * profile + sky, flat, floor)
-        flux = (frames * weight).sum(1) / (profile * weight).sum(1)
-    var = _pixel_variance(frames + sky, flat, floor)
-    den = (profile * weight).sum(1) if opts.fill_masked or opts.extraction == "optimal" else 1.0
-    # The background level is shared by a column's pixels: its error adds coherently (exact for AIRS, an
-    # upper bound for FGS1's twelve columns).
-    err = np.sqrt((weight**2 * var).sum(1) + (weight * sky_sd).sum(1) ** 2) / den
+        offsets -= offsets.mean(0)
+        slopes = profile_slopes(frames, good, profile, offsets, shape, instrument, opts.profile_smooth)
+        moved = np.clip(profile[:, masked] + np.tensordot(offsets, slopes[:, :, masked], axes=(1, 0)), 0.0, None)
+        moved /= np.maximum(moved.sum(1, keepdims=True), 1e-12)
+        pick = (slice(None), slice(None), masked)
+        flux[:, masked], err[:, masked] = _extract_flux(
+            frames[pick], good[:, masked], moved, sky[pick], sky_sd[pick], flat[:, masked], floor[:, masked], opts
+        )
     return flux, err, _regressors(flux, err, moments, instrument, opts)
+
+
+def _extract_flux(frames, good, profile, sky, sky_sd, flat, floor, opts: Calibrate):
+    """Flux (T, B) and its 1-sigma error of frames (T, P, B), the good pixels (P, B) weighed by the profile
+    ((P, B), or (T, P, B) per bin): Horne's (1986) optimal weights, or the box sum (filled: divided by
+    the share of the light the good pixels see)."""
+    share = np.broadcast_to(profile, frames.shape)
+    seen = np.where(good, share, 0.0).sum(1)  # (T, B)
+    box = np.where(good, frames, 0.0).sum(1)
+    if opts.extraction == "box":
+        den = np.maximum(seen, 1e-12) if opts.fill_masked else 1.0
+        var = np.where(good, _pixel_variance(frames + sky, flat, floor), 0.0).sum(1)
+        # The background level is shared by a column's pixels: its error adds coherently (exact for AIRS,
+        # an upper bound for FGS1's twelve columns).
+        return box / den, np.sqrt(var + np.where(good, sky_sd, 0.0).sum(1) ** 2) / den
+    # V from the model flux x profile, not from the data: a weight from the data itself would favour low
+    # values and bias the flux down. The error is then 1 / sum(P^2 / V), plus the background's.
+    model = (box / np.maximum(seen, 1e-12))[:, None, :] * share
+    weight = np.where(good, share, 0.0) / _pixel_variance(model + sky, flat, floor)
+    den = np.maximum((weight * share).sum(1), 1e-300)
+    return (weight * frames).sum(1) / den, np.sqrt(1.0 / den + ((weight * sky_sd).sum(1) / den) ** 2)
 
 
 def _pixel_variance(signal: np.ndarray, flat: np.ndarray, floor: np.ndarray) -> np.ndarray:
@@ -392,23 +411,18 @@ def _nan_box_mean(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.where(counts > 0, values / np.maximum(counts, 1e-12), np.nan)
 
 
-def shifted_profile(frames, good, profile, offsets: np.ndarray, shape, instrument: str, smooth: int):
-    """(T, P, B) the profile of each bin: moved, to first order, by the bin's pointing offsets (T, K).
+def profile_slopes(frames, good, profile, offsets: np.ndarray, shape, instrument: str, smooth: int) -> np.ndarray:
+    """(K, P, B) how each pixel's share of the light moves per pixel of pointing offset (T, K, centred).
 
     Filling a masked pixel from the static profile scales the whole light curve by one constant (which the
     out-of-transit normalisation cancels); the profile moved with the pointing restores, bin by bin, the
-    light that jitter moves onto and off a masked pixel, and keeps the optimal weights on the trace. The
-    response of each pixel's share to each offset is measured (least squares over the visit's bins, masked
-    pixels filled like the profile), not differentiated: a finite difference across a 3-row trace is off
-    by ~20 %.
+    light that jitter moves onto and off a masked pixel. The response is measured (least squares over the
+    visit's bins, masked pixels filled like the profile), not differentiated: a finite difference across
+    a 3-row trace is off by ~20 %.
     """
-    offsets = offsets - offsets.mean(0)
     residual = _normalised(frames, good, profile) - profile
     slopes = np.linalg.pinv(offsets) @ residual.reshape(len(residual), -1)  # (K, P * B)
-    slopes = [_fill(k.reshape(profile.shape), good, shape, instrument, smooth) for k in slopes]
-    moved = profile + np.tensordot(offsets, np.stack(slopes), axes=(1, 0))
-    moved = np.clip(moved, 0.0, None)
-    return moved / np.maximum(moved.sum(1, keepdims=True), 1e-12)
+    return np.stack([_fill(k.reshape(profile.shape), good, shape, instrument, smooth) for k in slopes])
 
 
 def _regressors(flux, err, moments, instrument: str, opts: Calibrate) -> dict[str, np.ndarray]:
