@@ -14,26 +14,33 @@ from spectramind.data import store as st
 from spectramind.data.dataset import LightCurveDataset
 from spectramind.data.prepare import _store_config
 from spectramind.errors import DataError
-from spectramind.models.baseline import fit_baseline, require_baseline
+from spectramind.models.baseline import fit_baseline, require_baseline, visit_reasons
 from spectramind.models.fit import PhysicsFit
 
 N = 32
 
 
-def _store(tmp_path, *overrides):
-    """A store of two visits written here (N bins), and settings (shipped YAML) that point at it."""
+def _store(tmp_path, *overrides, visits=None):
+    """A store of visits written here (N bins), and settings (shipped YAML) that point at it.
+
+    visits: (planet_id, visit, row of the batch, transform of its flux) per visit; by default planets 11
+    and 12, one visit each, as made."""
     s = make_settings(*overrides)
     store = tmp_path / "store"
     s = replace(s, data=replace(s.data, store=str(store), baseline=str(tmp_path / "baseline")))
     batch, truth = make_visits(b=2, n=N)
+    visits = visits or [(11, 0, 0, None), (12, 0, 1, None)]
     with st.writer(store, {"star_columns": list("abcdefghi"), "jitter_columns": ["x", "y"]}) as add:
-        for i, pid in enumerate((11, 12)):
+        for pid, visit, i, change in visits:
             arrays = {k: batch[k][i].numpy() for k in ("flux", "flux_err", "time", "jitter", "star")}
+            if change is not None:
+                arrays["flux"] = change(arrays["flux"])
             arrays.update(oot=np.ones(len(arrays["time"]), bool), norm=np.ones(N),
                           target=truth["depth"][i].astype(np.float32))
-            add(pid, 0, arrays, {"t0_h": 3.75})
-    manifest = {"planets": [{"planet_id": p, "visits": [0]} for p in (11, 12)],
-                "splits": {"train": [11, 12], "val": [], "test": [], "predict": []},
+            add(pid, visit, arrays, {"t0_h": 3.75})
+    planets = sorted({v[0] for v in visits})
+    manifest = {"planets": [{"planet_id": p, "visits": sorted(v[1] for v in visits if v[0] == p)} for p in planets],
+                "splits": {"train": planets, "val": [], "test": [], "predict": []},
                 "config": _store_config(s.data.calibrate, s.data.split, s.seed), "folders": ["train", "test"]}
     (store / st.MANIFEST_NAME).write_text(json.dumps(manifest))
     return s, batch
@@ -64,3 +71,20 @@ def test_only_the_residual_net_asks_for_a_sidecar(tmp_path):
     fit_baseline(s, progress=False)
     (path,) = require_baseline(s)
     assert path.name.startswith("baseline_") and path.is_file()
+
+
+def test_the_reasons_to_distrust_a_visit_are_read_back_per_planet(tmp_path):
+    """Planet 11 seen twice with transits of different depth; planet 12 with no transit at all."""
+    def deeper(flux):
+        return 1 + (flux - 1) * 1.3
+
+    def flat(flux):
+        return np.ones_like(flux) + 3e-4 * np.random.default_rng(0).normal(size=flux.shape).astype(np.float32)
+
+    s, _ = _store(tmp_path, visits=[(11, 0, 0, None), (11, 1, 0, deeper), (12, 0, 1, flat)])
+    assert visit_reasons(s, [11, 12]) is None                        # no baseline yet
+    fit_baseline(s, progress=False)
+    rows = {(r["planet_id"], r["visit"]): r["reasons"] for r in visit_reasons(s, [11, 12])}
+    assert rows[(11, 0)] == rows[(11, 1)] == ["visits_disagree"]
+    assert "no_transit" in rows[(12, 0)] and "visits_disagree" not in rows[(12, 0)]
+    assert [r["planet_id"] for r in visit_reasons(s, [12])] == [12]

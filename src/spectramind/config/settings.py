@@ -105,6 +105,7 @@ class Fit:
     failed_sigma_min: float
     soft_sigma_factor: float
     sigma_scale: float
+    visits_disagree_chi2: float
 
 
 @dataclass(frozen=True)

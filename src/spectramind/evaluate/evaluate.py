@@ -1,7 +1,8 @@
 """`spectramind evaluate`: predict a labelled split, then score it against the truth.
 
 Writes metrics.json (score, GLL, RMSE of mu, sigma calibration as the share of |z| below 1 and 2, and
-on simulated data the oracle score and the ratio to it), per_bin.csv, and two PNGs.
+on simulated data the per-bin oracle's score and the ratio to it), per_bin.csv, two PNGs and, where the
+store has a physics baseline, fit_flags.csv: per visit, the reasons the fit widened its sigma.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from spectramind.config.settings import Settings
 from spectramind.data import ariel_format as af
 from spectramind.errors import DataError
 from spectramind.evaluate import plots, submission
+from spectramind.models.baseline import visit_reasons
 from spectramind.physics.wavelengths import target_wavelengths_um
 
 TRUTH_FILES = ("train.csv", "simulation_test_truth.csv")  # labels (the first is the competition's too)
@@ -88,6 +90,17 @@ def evaluate(s: Settings, run_dir: Path, events=None, progress: bool = True) -> 
     metrics, per_bin = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
     metrics.update(split=s.evaluate.split, model=pred["model"], run=pred["run"], predict_seconds=pred["seconds"])
     folder = out_dir
+    reasons = visit_reasons(s, ids)
+    if reasons is not None:
+        # Why the physics fit widened a visit's sigma, per planet: a planet scoring badly with no reason
+        # here is a fit that was wrong and sure.
+        with files.atomic_path(folder / "fit_flags.csv") as tmp:
+            pd.DataFrame([{**r, "reasons": " ".join(r["reasons"])} for r in reasons]).to_csv(tmp, index=False)
+        counts: dict[str, int] = {}
+        for r in reasons:
+            for name in r["reasons"]:
+                counts[name] = counts.get(name, 0) + 1
+        metrics["fit_flags"] = dict(sorted(counts.items()))
     files.write_json(folder / "metrics.json", metrics)
     with files.atomic_path(folder / "per_bin.csv") as tmp:
         per_bin.to_csv(tmp, index=False)

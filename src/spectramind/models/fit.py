@@ -35,7 +35,6 @@ from spectramind.physics.transit import (
     occultation_basis,
     occulted_fraction,
     quadratic_ld_coefficients,
-    sky_separation,
     transit_flux,
 )
 from spectramind.physics.wavelengths import target_wavelengths_um
@@ -49,9 +48,10 @@ _DEPTH_RANGE = (1e-8, 0.25)  # (Rp/Rs)^2: the transit model needs 0 < Rp/Rs < 1
 _H_Z, _H_P = 1e-6, 1e-7      # forward-difference steps in z and Rp/Rs (stellar radii)
 _SETTLED = 1e-3             # chi^2 change below which the fit has settled
 _P_NODES = 16                # Chebyshev nodes in Rp/Rs the AIRS bins' transit is interpolated from
-# Shared parameters, in order: t0 FGS1, t0 AIRS (h), a/Rs, i (deg), FGS1 (u1, u2), AIRS (u1, u2) at the
-# blue and the red end; then the systematics' coefficients.
-T0_F, T0_A, A_RS, INCL, U_FGS1, U_AIRS, N_TRANSIT = 0, 1, 2, 3, 4, 6, 10
+# Shared parameters, in order: t0 FGS1, t0 AIRS (h), a/Rs, b^2 (the squared impact parameter: z is linear
+# in it, so a central transit, where z is flat in b and i, still has a gradient), FGS1 (u1, u2), AIRS
+# (u1, u2) at the blue and the red end; then the systematics' coefficients.
+T0_F, T0_A, A_RS, B2, U_FGS1, U_AIRS, N_TRANSIT = 0, 1, 2, 3, 4, 6, 10
 
 
 class PhysicsFit(nn.Module):
@@ -137,7 +137,7 @@ class PhysicsFit(nn.Module):
         failed = failed_bin | hard
         shared_p = res["shared"]
         return {"mu": torch.nan_to_num(mu, nan=0.0).clamp_min(0.0), "sigma": torch.where(failed, widened, sigma),
-                "t0": shared_p[:, T0_F:T0_A + 1], "a_rs": shared_p[:, A_RS], "inc": shared_p[:, INCL],
+                "t0": shared_p[:, T0_F:T0_A + 1], "a_rs": shared_p[:, A_RS], "inc": _inclination(shared_p),
                 "u": shared_p[:, U_FGS1:N_TRANSIT], "white_snr": snr, "beta": beta, "chi2": chi2,
                 "flags": flags, "failed": failed}
 
@@ -189,9 +189,11 @@ class _JointModel:
         self.u_start = u_start
         self.prior_mean = torch.zeros(B, self.n_shared, dtype=dtype, device=device)
         self.prior_precision = torch.zeros(B, self.n_shared, dtype=dtype, device=device)
-        self.prior_mean[:, A_RS], self.prior_mean[:, INCL] = star[:, SMA], star[:, INC]
+        b0 = star[:, SMA] * torch.cos(torch.deg2rad(star[:, INC]))
+        sigma_b = star[:, SMA] * torch.sin(torch.deg2rad(star[:, INC])) * math.radians(fs.inc_prior_width_deg)
+        self.prior_mean[:, A_RS], self.prior_mean[:, B2] = star[:, SMA], b0**2
         self.prior_precision[:, A_RS] = (fs.sma_prior_width * star[:, SMA]).clamp_min(1e-9) ** -2
-        self.prior_precision[:, INCL] = max(fs.inc_prior_width_deg, 1e-9) ** -2
+        self.prior_precision[:, B2] = torch.maximum(2 * b0.abs() * sigma_b, sigma_b**2).clamp_min(1e-12) ** -2
         if fs.ld_prior_width is not None:
             self.prior_mean[:, U_FGS1:N_TRANSIT] = u_start
             self.prior_precision[:, U_FGS1:N_TRANSIT] = max(fs.ld_prior_width, 1e-9) ** -2
@@ -209,7 +211,7 @@ class _JointModel:
         u1, u2 = self.u_start[:, 2:4].mean(1), self.u_start[:, 4:6].mean(1)
         t0, amplitude = _find_t0(white, white_w, self.time, design, orbit, u1, u2, fs.t0_grid)
         shared[:, T0_F], shared[:, T0_A] = t0, t0
-        shared[:, A_RS], shared[:, INCL] = star[:, SMA], star[:, INC]
+        shared[:, A_RS], shared[:, B2] = star[:, SMA], self.prior_mean[:, B2]
         shared[:, U_FGS1:N_TRANSIT] = self.u_start
         # Each bin's own depth and level at that shape: flux ~ c + c a (T - 1) + drift, linear in c, c a.
         white_depth = (amplitude * 0.12**2).clamp(1e-4, 0.1)[:, None].expand(-1, flux.shape[1])
@@ -231,7 +233,7 @@ class _JointModel:
         local = torch.stack([local[..., 0].clamp(*_DEPTH_RANGE), local[..., 1]], -1)
         shared = shared.clone()
         shared[:, A_RS] = shared[:, A_RS].clamp_min(1.5)
-        shared[:, INCL] = 90.0 - (90.0 - shared[:, INCL]).abs()        # i and 180 - i are the same transit
+        shared[:, B2] = torch.minimum(shared[:, B2].clamp_min(0.0), shared[:, A_RS] ** 2)   # 0 <= b <= a
         at_bound = torch.zeros(shared.shape[0], dtype=torch.bool, device=shared.device)
         for i1, i2 in ((4, 5), (6, 8), (7, 9)):
             u1, u2, hit = _physical_ld(shared[:, i1], shared[:, i2])
@@ -248,22 +250,22 @@ class _JointModel:
         return (torch.where(fgs1, shared[:, 4, None, None], u1), torch.where(fgs1, shared[:, 5, None, None], u2))
 
     def _separation(self, shared: torch.Tensor):
-        """z (B, 2, T) for FGS1 and AIRS, and its derivatives in t0, a/Rs and i (degrees)."""
+        """z (B, 2, T) for FGS1 and AIRS, and its derivatives in t0, a/Rs and b^2.
+
+        z^2 = a^2 sin^2(phase) + b^2 cos^2(phase) on the near side of the orbit (circular)."""
         t0 = shared[:, T0_F:T0_A + 1, None]
         period = self.star[:, PERIOD, None, None]
-        a, inc = shared[:, A_RS, None, None], shared[:, INCL, None, None]
-        time = self.time[:, None, :]
-        z = sky_separation(time, t0, period, a, inc)
+        a, b2 = shared[:, A_RS, None, None], shared[:, B2, None, None]
         rate = 2.0 * math.pi / (24.0 * period)
-        phase = rate * (time - t0)
+        phase = rate * (self.time[:, None, :] - t0)
         s, c = torch.sin(phase), torch.cos(phase)
-        si, ci = torch.sin(torch.deg2rad(inc)), torch.cos(torch.deg2rad(inc))
         near = c > 0
+        z = torch.where(near, (a**2 * s**2 + b2 * c**2).clamp_min(1e-30).sqrt(), torch.full_like(phase, 1e3))
         zs = z.clamp_min(1e-12)
-        dz_dt0 = torch.where(near, -a**2 * s * c * si**2 / zs * rate, 0.0)
-        dz_da = torch.where(near, z / a, 0.0)
-        dz_di = torch.where(near, -a**2 * ci * si * c**2 / zs * (math.pi / 180.0), 0.0)
-        return z, dz_dt0, dz_da, dz_di
+        dz_dt0 = torch.where(near, -(a**2 - b2) * s * c / zs * rate, 0.0)
+        dz_da = torch.where(near, a * s**2 / zs, 0.0)
+        dz_db2 = torch.where(near, c**2 / (2 * zs), 0.0)
+        return z, dz_dt0, dz_da, dz_db2
 
     def _basis(self, z: torch.Tensor, p: torch.Tensor, derivatives: bool):
         """occultation_basis per bin (B, N, T, 3), with its z and p derivatives when asked.
@@ -313,7 +315,7 @@ class _JointModel:
 
     def jacobian(self, local: torch.Tensor, shared: torch.Tensor):
         """Model (B, N, T), per-bin columns (B, N, T, 2) [D, c] and shared columns (B, N, T, P)."""
-        z, dz_dt0, dz_da, dz_di = (self._per_bin(x) if i else x
+        z, dz_dt0, dz_da, dz_db2 = (self._per_bin(x) if i else x
                                    for i, x in enumerate(self._separation(shared)))
         u1, u2 = self._ld(shared)
         p = local[..., 0].sqrt()
@@ -335,7 +337,7 @@ class _JointModel:
         airs = 1 - fgs1
         red = self.red_share
         dz = scale * d_dz
-        columns = [dz * dz_dt0 * fgs1, dz * dz_dt0 * airs, dz * dz_da, dz * dz_di,
+        columns = [dz * dz_dt0 * fgs1, dz * dz_dt0 * airs, dz * dz_da, dz * dz_db2,
                    scale * d_du1 * fgs1, scale * d_du2 * fgs1,
                    scale * d_du1 * airs * (1 - red), scale * d_du1 * airs * red,
                    scale * d_du2 * airs * (1 - red), scale * d_du2 * airs * red]
@@ -357,7 +359,7 @@ def _levenberg_marquardt(model: _JointModel, flux, weight, start: dict, iteratio
         F, Jl, Jg = model.jacobian(local, shared)
         current = cost(F, shared)
         normal = _normal_equations(Jl, Jg, flux - F, weight, model, shared)
-        step_l, step_g = _schur_solve(*normal, damping)
+        step_l, step_g = _bounded_step(model, normal, local, shared, damping)
         trial_l, trial_g, trial_bound = model.constrain(local + step_l, shared + step_g)
         trial = cost(model.evaluate(trial_l, trial_g), trial_g)
         better = torch.isfinite(trial) & (trial <= current)
@@ -377,10 +379,11 @@ def _levenberg_marquardt(model: _JointModel, flux, weight, start: dict, iteratio
     K = E[..., 0, :]                                                        # d(D_n)/d(shared), up to sign
     var_shared = ((K @ S_inv) * K).sum(-1).clamp_min(0)
     gain = (A_inv[..., :1, :] @ (Jl.transpose(-1, -2) * weight[..., None, :]))[..., 0, :]
-    # Converged: the full Gauss-Newton step from here would lower chi^2 by less than _SETTLED.
-    final_l, final_g = _schur_solve(A, Bm, C, gl, gg, torch.zeros_like(damping))
+    # Converged: the full Gauss-Newton step from here would lower chi^2 by less than 1, i.e. the optimum
+    # lies within one sigma of where the fit stopped.
+    final_l, final_g = _bounded_step(model, (A, Bm, C, gl, gg), local, shared, torch.zeros_like(damping))
     predicted = (gl * final_l).sum((1, 2)) + (gg * final_g).sum(1)
-    converged = torch.isfinite(predicted) & (predicted < 10 * _SETTLED) & torch.isfinite(local).all(-1).all(-1)
+    converged = torch.isfinite(predicted) & (predicted < 1.0) & torch.isfinite(local).all(-1).all(-1)
     return {"local": local, "shared": shared, "model": F, "resid": flux - F, "weight": weight,
             "var_local": A_inv[..., 0, 0].clamp_min(0), "var_shared": var_shared, "gain": gain,
             "white_gain": K, "cov_shared": S_inv, "converged": converged, "ld_at_bound": at_bound}
@@ -404,11 +407,27 @@ def _ridge(M):
     return scale[..., None, None] * torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
 
 
-def _schur_solve(A, Bm, C, gl, gg, damping):
-    """The damped Gauss-Newton step (per-bin, shared) by the Schur complement of the bins' 2x2 blocks."""
+def _bounded_step(model: _JointModel, normal, local, shared, damping):
+    """The damped step with the shared parameters it would push through their bounds held where they are
+    (b^2 at 0 for a central transit, limb darkening on the triangle's edge): their gradient there is no
+    sign of a fit that has not converged."""
+    step_l, step_g = _schur_solve(*normal, damping)
+    _, allowed, _ = model.constrain(local + step_l, shared + step_g)
+    held = (allowed - (shared + step_g)).abs() > 1e-12 * (1.0 + shared.abs())
+    if bool(held.any()):
+        step_l, step_g = _schur_solve(*normal, damping, held)
+    return step_l, step_g
+
+
+def _schur_solve(A, Bm, C, gl, gg, damping, held=None):
+    """The damped Gauss-Newton step (per-bin, shared) by the Schur complement of the bins' 2x2 blocks;
+    shared parameters `held` (B, P) do not move."""
     lam = damping[:, None, None]
     A_d = A + lam[..., None] * torch.diag_embed(A.diagonal(dim1=-2, dim2=-1)) + _ridge(A)
-    C_d = C + lam * torch.diag_embed(C.diagonal(dim1=-2, dim2=-1)) + _ridge(C)
+    diagonal = C.diagonal(dim1=-2, dim2=-1)
+    C_d = C + lam * torch.diag_embed(diagonal) + _ridge(C)
+    if held is not None:
+        C_d = C_d + torch.diag_embed(held * 1e12 * (diagonal.abs() + 1.0))
     A_inv = torch.linalg.inv(A_d)
     E = A_inv @ Bm
     S = C_d - (Bm.transpose(-1, -2) @ E).sum(1)
@@ -484,13 +503,17 @@ def _white_snr(depth, sigma, res):
     return mean / var.clamp_min(1e-30).sqrt()
 
 
+def _inclination(shared):
+    """Degrees, from a/Rs and b^2."""
+    return torch.rad2deg(torch.arccos((shared[:, B2].sqrt() / shared[:, A_RS]).clamp(0, 1)))
+
+
 def _at_edge(model: _JointModel, shared, depth, time, margin):
     """The transit (first to last contact) does not lie inside the visit with `margin` x T14 to spare."""
     period = model.star[:, PERIOD]
-    a, inc = shared[:, A_RS], shared[:, INCL]
+    a, b = shared[:, A_RS], shared[:, B2].sqrt()
     rp = depth[:, 1:].median(1).values.clamp_min(0).sqrt()
-    b = a * torch.cos(torch.deg2rad(inc))
-    chord = ((1 + rp) ** 2 - b**2).clamp_min(0).sqrt() / (a * torch.sin(torch.deg2rad(inc)))
+    chord = ((1 + rp) ** 2 - b**2).clamp_min(0).sqrt() / (a**2 - b**2).clamp_min(1e-12).sqrt()
     t14 = 24.0 * period / math.pi * torch.asin(chord.clamp(0, 1))
     t0 = shared[:, T0_A]
     lo, hi = time.amin(1), time.amax(1)
