@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -88,3 +89,18 @@ def test_the_reasons_to_distrust_a_visit_are_read_back_per_planet(tmp_path):
     assert rows[(11, 0)] == rows[(11, 1)] == ["visits_disagree"]
     assert "no_transit" in rows[(12, 0)] and "visits_disagree" not in rows[(12, 0)]
     assert [r["planet_id"] for r in visit_reasons(s, [12])] == [12]
+
+
+def test_with_enough_labelled_planets_the_sidecar_holds_the_calibrated_fit_and_the_raw_one(tmp_path):
+    s, _ = _store(tmp_path, visits=[(p, 0, p % 2, None) for p in (21, 22, 23, 24)])
+    s = replace(s, fit=replace(s.fit, calibration_folds=2))
+    summary = fit_baseline(s, progress=False)
+    assert summary["calibration"]["planets"] == 4 and summary["calibration"]["folds"] == 2
+    with h5py.File(summary["baseline"]) as f:
+        g = f["visits"]["21_0"]
+        assert json.loads(f.attrs["calibration"])["sigma_scale"] == list(summary["calibration"]["sigma_scale"])
+        assert not np.array_equal(g["baseline_sigma"][()], g["baseline_sigma_raw"][()])
+    off = fit_baseline(replace(s, fit=replace(s.fit, calibration_folds=0)), progress=False)
+    assert off["calibration"] is None
+    with h5py.File(off["baseline"]) as f:
+        assert "baseline_sigma_raw" not in f["visits"]["21_0"]

@@ -106,6 +106,7 @@ class Fit:
     soft_sigma_factor: float
     sigma_scale: float
     visits_disagree_chi2: float
+    calibration_folds: int
 
 
 @dataclass(frozen=True)

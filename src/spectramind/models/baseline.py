@@ -2,10 +2,12 @@
 
 A sidecar has the store's layout (/visits/<planet_id>_<visit>/<name>) with `baseline_mu` and
 `baseline_sigma` (283,) per visit, and `baseline_flags` (one per fit.REASONS, named in the file's
-`reasons` attribute): why the fit widened that visit's sigma. It lives in `data.baseline`, named by a
-hash of the fit's settings, of the store's content and of the fit's code, so a change to any of them
-makes a new one (a copy or a `dvc checkout` of the same store finds the old one); an existing one is
-reused as it is.
+`reasons` attribute): why the fit widened that visit's sigma. When the fit was calibrated on labels
+(models.calibration), `baseline_mu`/`baseline_sigma` are the calibrated values and `baseline_mu_raw`/
+`baseline_sigma_raw` the fit's own; the `calibration` attribute holds what was fitted. It lives in
+`data.baseline`, named by a hash of the fit's settings, of the store's content and of the fit's code, so
+a change to any of them makes a new one (a copy or a `dvc checkout` of the same store finds the old
+one); an existing one is reused as it is.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import xxhash
 
 from spectramind import files
 from spectramind.config.settings import Fit, Settings
-from spectramind.data.store import H5_NAME, read_store_attrs
+from spectramind.data.store import H5_NAME, read_manifest, read_store_attrs
 from spectramind.errors import DataError
 from spectramind.models.fit import REASONS, PhysicsFit
 from spectramind.progress import bar
@@ -45,7 +47,9 @@ def sidecar_path(s: Settings) -> Path:
 
 def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: int = 16,
                  progress: bool = True) -> dict:
-    """The fit stage: fit every visit of `data.store` once with the `fit` settings; returns a summary."""
+    """The fit stage: fit every visit of `data.store` once with the `fit` settings, calibrate the result on
+    the labelled training planets (models.calibration) when `fit.calibration_folds` asks for it, and
+    write the sidecar; returns a summary."""
     from spectramind.data.prepare import require_store
 
     started = time.perf_counter()
@@ -54,25 +58,64 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
     if path.is_file():
         return {"baseline": str(path), "cached": True}
     fit = PhysicsFit(s.fit, n_bins=read_store_attrs(store)["n_bins"]).to(device)
-    with h5py.File(store / H5_NAME, "r") as src, files.atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
-        keys = sorted(src["visits"])
-        out = dst.create_group("visits")
+    results: dict[str, dict[str, np.ndarray]] = {}
+    with h5py.File(store / H5_NAME, "r") as src:
+        visits = src["visits"]
+        keys = sorted(visits)
         with bar("baseline fit", len(keys), enabled=progress) as advance:
             for start in range(0, len(keys), batch_size):
                 chunk = keys[start:start + batch_size]
-                batch = {name: torch.from_numpy(np.stack([src["visits"][k][name][()] for k in chunk]))
+                batch = {name: torch.from_numpy(np.stack([visits[k][name][()] for k in chunk]))
                          for name in _INPUTS}
-                result = fit.fit({k: v.to(device) for k, v in batch.items()})
+                out = fit.fit({k: v.to(device) for k, v in batch.items()})
                 for i, k in enumerate(chunk):
-                    g = out.create_group(k)
-                    g.create_dataset("baseline_mu", data=result["mu"][i].float().cpu().numpy())
-                    g.create_dataset("baseline_sigma", data=result["sigma"][i].float().cpu().numpy())
-                    g.create_dataset("baseline_flags", data=result["flags"][i].cpu().numpy().astype(np.uint8))
+                    results[k] = {"mu": out["mu"][i].cpu().numpy(), "sigma": out["sigma"][i].cpu().numpy(),
+                                  "flags": out["flags"][i].cpu().numpy().astype(np.uint8),
+                                  "planet_id": int(visits[k].attrs["planet_id"]), "target": visits[k]["target"][()]}
                     advance()
+    calibration = _calibrate(s, results, set(read_manifest(store)["splits"]["train"]))
+    with files.atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
+        group = dst.create_group("visits")
+        for k, r in results.items():
+            g = group.create_group(k)
+            for name in ("mu", "sigma", "flags", "mu_raw", "sigma_raw"):
+                if name in r:
+                    dtype = np.uint8 if name == "flags" else np.float32
+                    g.create_dataset(f"baseline_{name}", data=r[name].astype(dtype))
         dst.attrs["fit_config"] = json.dumps(dataclasses.asdict(s.fit), sort_keys=True)
         dst.attrs["reasons"] = json.dumps(REASONS)
-    return {"baseline": str(path), "visits": len(keys), "cached": False,
+        dst.attrs["calibration"] = json.dumps(calibration)
+    return {"baseline": str(path), "visits": len(keys), "cached": False, "calibration": calibration,
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _calibrate(s: Settings, results: dict[str, dict], train: set[int]) -> dict | None:
+    """Calibrate every visit's mu and sigma in place (raw values kept as mu_raw, sigma_raw): the training
+    planets out of fold, the others with the calibration fitted on all of them. None (nothing changed)
+    when it is off or fewer than 2 x folds training planets have labels."""
+    from spectramind.models.calibration import fit_calibration, out_of_fold
+
+    folds = s.fit.calibration_folds
+    labelled = [k for k, r in results.items() if r["planet_id"] in train and np.isfinite(r["target"]).all()]
+    if folds == 0 or len({results[k]["planet_id"] for k in labelled}) < 2 * folds:
+        return None
+    for r in results.values():
+        r["mu_raw"], r["sigma_raw"] = r["mu"], r["sigma"]
+
+    def stack(keys, name):
+        return np.stack([results[k][name] for k in keys]).astype(np.float64)
+
+    mu, sigma, y = stack(labelled, "mu"), stack(labelled, "sigma"), stack(labelled, "target")
+    mu_oof, sigma_oof = out_of_fold([results[k]["planet_id"] for k in labelled], mu, sigma, y, folds, s.seed)
+    for i, k in enumerate(labelled):
+        results[k]["mu"], results[k]["sigma"] = mu_oof[i], sigma_oof[i]
+    calibration = fit_calibration(mu, sigma, y)
+    others = [k for k in results if k not in set(labelled)]
+    if others:
+        mu_cal, sigma_cal = calibration.apply(stack(others, "mu"), stack(others, "sigma"))
+        for i, k in enumerate(others):
+            results[k]["mu"], results[k]["sigma"] = mu_cal[i], sigma_cal[i]
+    return {**calibration.as_dict(), "planets": len({results[k]["planet_id"] for k in labelled}), "folds": folds}
 
 
 def visit_reasons(s: Settings, planet_ids) -> list[dict] | None:

@@ -355,6 +355,7 @@ def _levenberg_marquardt(model: _JointModel, flux, weight, start: dict, iteratio
         prior = (model.prior_precision * (shared_p - model.prior_mean) ** 2).sum(-1)
         return (weight * (flux - F) ** 2).sum((1, 2)) + prior
 
+    done = torch.zeros(B, dtype=torch.bool, device=flux.device)
     for _ in range(iterations):
         F, Jl, Jg = model.jacobian(local, shared)
         current = cost(F, shared)
@@ -362,13 +363,15 @@ def _levenberg_marquardt(model: _JointModel, flux, weight, start: dict, iteratio
         step_l, step_g = _bounded_step(model, normal, local, shared, damping)
         trial_l, trial_g, trial_bound = model.constrain(local + step_l, shared + step_g)
         trial = cost(model.evaluate(trial_l, trial_g), trial_g)
-        better = torch.isfinite(trial) & (trial <= current)
+        better = torch.isfinite(trial) & (trial <= current) & ~done
         local = torch.where(better[:, None, None], trial_l, local)
         shared = torch.where(better[:, None], trial_g, shared)
         at_bound = torch.where(better, trial_bound, at_bound)
         damping = torch.where(better, (damping / 3).clamp_min(1e-9), damping * 4)
-        # chi^2 is in units of the noise: a gain below _SETTLED moves nothing that matters.
-        if bool(((better & (current - trial < _SETTLED)) | (damping > 1e4)).all()):
+        # chi^2 is in units of the noise: a gain below _SETTLED moves nothing that matters. A visit that
+        # has settled stays as it is while the others go on.
+        done |= (better & (current - trial < _SETTLED)) | (damping > 1e4)
+        if bool(done.all()):
             break
     F, Jl, Jg = model.jacobian(local, shared)
     A, Bm, C, gl, gg = _normal_equations(Jl, Jg, flux - F, weight, model, shared)

@@ -1,0 +1,44 @@
+"""The post-hoc calibration of the physics fit on labels: it finds a known bias and a known sigma error."""
+
+import numpy as np
+
+from spectramind.models.calibration import Calibration, fit_calibration, out_of_fold
+
+
+def _fit_output(n=300, bins=20, seed=0):
+    """Labels, and what a fit biased by +4% in AIRS with sigma 2x too small (FGS1 1.5x) would report."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(0.006, 0.04, (n, 1)) * (1 + 0.05 * rng.normal(size=(n, bins)))
+    true_sigma = np.full((n, bins), 1e-4)
+    true_sigma[:, 0] = 3e-5
+    reported = true_sigma / np.r_[1.5, np.full(bins - 1, 2.0)]
+    mu = y * np.r_[1.0, np.full(bins - 1, 1.04)] + true_sigma * rng.normal(size=(n, bins))
+    return mu, reported, y
+
+
+def _gll(y, mu, sigma):
+    return float((-0.5 * (np.log(2 * np.pi * sigma**2) + (y - mu) ** 2 / sigma**2)).mean())
+
+
+def test_the_calibration_finds_the_bias_and_the_sigma_scale():
+    mu, sigma, y = _fit_output()
+    cal = fit_calibration(mu, sigma, y)
+    assert abs(cal.mu_bias[1] - (1 / 1.04 - 1)) < 0.003 and abs(cal.mu_bias[0]) < 0.003
+    assert 1.3 < cal.sigma_scale[0] < 1.7 and cal.sigma_floor[1] < 0.01
+    mu_cal, sigma_cal = cal.apply(mu, sigma)
+    z = (mu_cal - y) / sigma_cal
+    assert 0.9 < z[:, 1:].std() < 1.1 and 0.9 < z[:, 0].std() < 1.1
+
+
+def test_out_of_fold_calibration_raises_the_likelihood_of_every_fold():
+    mu, sigma, y = _fit_output(seed=1)
+    ids = np.repeat(np.arange(100), 3)                       # three visits a planet: folds split planets
+    mu_oof, sigma_oof = out_of_fold(ids, mu, sigma, y, folds=5, seed=0)
+    assert _gll(y, mu_oof, sigma_oof) > _gll(y, mu, sigma) + 1.0
+
+
+def test_the_identity_calibration_changes_nothing():
+    mu, sigma, _ = _fit_output(n=5)
+    same = Calibration(mu_bias=(0.0, 0.0), sigma_scale=(1.0, 1.0), sigma_floor=(0.0, 0.0)).apply(mu, sigma)
+    np.testing.assert_array_equal(same[0], mu)
+    np.testing.assert_array_equal(same[1], sigma)
