@@ -6,7 +6,6 @@ from conftest import make_settings
 
 from spectramind.losses import SpectralLoss
 from spectramind.models.baseline import fit_kwargs
-from spectramind.models.nets import ResidualNet
 
 N, T, S = 283, 50, 9
 
@@ -40,12 +39,12 @@ def test_each_config_builds_and_returns_positive_sigma(name):
 
 def test_fit_config_builds_with_the_trainers_arguments():
     model = _build("fit")
-    assert model.drift_degree == 2 and model.sigma_scale == 1.0
+    assert model.settings == make_settings("model=fit").fit and model.n_bins == N
 
 
 def test_untrained_residual_net_predicts_the_baseline():
     batch = _batch()
-    mu, sigma = ResidualNet(n_bins=N, n_star=S, fit=make_settings().fit)(batch)
+    mu, sigma = _build("residual")(batch)
     torch.testing.assert_close(mu, batch["baseline_mu"])
     torch.testing.assert_close(sigma, batch["baseline_sigma"], rtol=2e-4, atol=0)
 

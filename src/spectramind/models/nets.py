@@ -60,8 +60,8 @@ class ResidualNet(nn.Module):
     vector (the spectrum's level and noise scale, the star) added to every position.
     """
 
-    def __init__(self, n_time: int | None = None, n_bins: int = 283, n_star: int = 9, channels: int = 64,
-                 layers: int = 4, kernel: int = 9, dropout: float = 0.1, *, fit: Fit):
+    def __init__(self, n_time: int | None, n_bins: int, n_star: int, *, channels: int, layers: int, kernel: int,
+                 dropout: float, fit: Fit):
         super().__init__()
         self.n_bins = n_bins
         self.inp = nn.Conv1d(4, channels, 1)
@@ -115,8 +115,8 @@ class _Heads(nn.Module):
 class CNN1D(nn.Module):
     """Temporal convolutions per bin (its curve and the white light as two channels), then across bins."""
 
-    def __init__(self, n_time: int | None = None, n_bins: int = 283, n_star: int = 9, channels: int = 32,
-                 time_points: int = 128, kernel: int = 5, wavelength_kernel: int = 7, dropout: float = 0.1):
+    def __init__(self, n_time: int | None, n_bins: int, n_star: int, *, channels: int, time_points: int,
+                 kernel: int, wavelength_kernel: int, dropout: float):
         super().__init__()
         self.time_points = time_points
         c = channels
@@ -146,8 +146,8 @@ class CNN1D(nn.Module):
 class SpectralTransformer(nn.Module):
     """Each bin a token (its down-sampled light curve, embedded), plus a star token; attention across bins."""
 
-    def __init__(self, n_time: int | None = None, n_bins: int = 283, n_star: int = 9, d_model: int = 64,
-                 heads: int = 4, layers: int = 2, time_points: int = 64, dropout: float = 0.1):
+    def __init__(self, n_time: int | None, n_bins: int, n_star: int, *, d_model: int, heads: int, layers: int,
+                 time_points: int, dropout: float):
         super().__init__()
         self.time_points = time_points
         self.embed = nn.Linear(2 * time_points, d_model)
