@@ -2,7 +2,7 @@
 
 A stage's source set is the closure of the `spectramind` modules its entry module imports (at module
 level or inside functions, read from the source with `ast`), plus the foundation every stage runs
-(compose, validate, hash, snapshot). So an edit to `models/fit.py` gives new fit, train, predict and
+(compose, validate, hash, snapshot) and the command line's own file. So an edit to `models/fit.py` gives new fit, train, predict and
 evaluate runs and leaves simulate and calibrate alone; dvc.yaml lists the same files (a test keeps the
 two equal).
 """
@@ -27,6 +27,9 @@ ENTRY = {
     "predict": "spectramind.evaluate.predict",
     "evaluate": "spectramind.evaluate.evaluate",
 }
+# Every stage runs through the command line: the file itself belongs to each (its lazy imports are the
+# stages' own entry points, so its closure is not followed).
+CLI = "spectramind.cli"
 # The stages that instantiate `_target_` sections (model, loss, optimizer, scheduler).
 INSTANTIATES = ("train", "predict", "evaluate")
 
@@ -79,6 +82,7 @@ def stage_sources(stage: str, package: Path = PACKAGE) -> tuple[str, ...]:
         seen[module] = path
         parent = module.rsplit(".", 1)[0]
         queue.extend(_imports(path, module) | ({parent} if "." in module else set()))
+    seen[CLI] = _path(CLI, package)
     return tuple(sorted(p.relative_to(package).as_posix() for p in seen.values()))
 
 
