@@ -1,10 +1,16 @@
-"""Quality on a held-out simulated set made with another seed: fit alone, residual, cnn1d and the oracle.
+"""Quality on a held-out simulated set made with another seed: the fit, the fit calibrated on labels,
+residual, cnn1d and the per-bin oracle.
 
-Trains `residual` and `cnn1d` with `spectramind train` on a simulated training set (seed 42), then
-predicts a held-out simulated set (seed 43, every planet labelled) with each model and with the physics
-fit, and scores them against the truth with the naive reference taken from the training labels. The
-oracle is the simulator's own noise limit (reference section 2). Prints one JSON object with a table:
-score, ratio to the oracle, RMSE and sigma calibration (share of |z| below 1 and 2) per model.
+The simulator's defaults do not share the fit's model (disc-integrated transit with Claret's law, a
+drawn orbit, a non-separable drift, photometric jitter, the real non-linearity). Trains `residual` and
+`cnn1d` with `spectramind train` on a simulated training set (seed 42), then predicts a held-out
+simulated set (seed 43, every planet labelled) with each model and with the physics fit, and scores them
+against the truth with the naive reference taken from the training labels. `fit` is the joint fit
+alone; `fit+calibration` the fit stage's calibration on the held-out store's own labelled training
+split, applied out of fold to those planets (models.calibration). The per-bin oracle is the
+simulator's own noise limit for a fit that knows the transit shape (reference section 2). Prints one
+JSON object with a table: score, ratio to the oracle, RMSE, the share of |z| below 1 and 2 and the
+worst planet's score per model.
 
 Everything is cached under --out (stores, sidecars, runs): running it again resumes where it stopped.
 """
@@ -24,8 +30,11 @@ import pandas as pd
 TRAIN_SEED, HELDOUT_SEED = 42, 43
 
 
-def data_overrides(out: Path, name: str, planets: int, test_fraction: float, workers: int) -> list[str]:
-    return [f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
+def data_overrides(out: Path, name: str, planets: int, test_fraction: float, workers: int,
+                   full_size: bool) -> list[str]:
+    # Full size: the real read counts, binned as the competition's data is (187 time bins).
+    size = ["data.simulate.full_size=true", "data.calibrate.airs_bin=30", "data.calibrate.fgs1_bin=360"]
+    return [*(size if full_size else []), f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
             f"data.simulate.n_train={planets}", "data.simulate.n_test=1", f"data.num_workers={workers}",
             "data.split.val_fraction=0.15" if test_fraction == 0 else "data.split.val_fraction=0.0",
             f"data.split.test_fraction={test_fraction}"]
@@ -58,8 +67,9 @@ def predict(net, trained, store: Path, device: str = "cpu") -> tuple[np.ndarray,
     return ids, np.maximum(mu, 0.0), sigma, time.time() - start
 
 
-def fit_from_sidecar(s, store: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The physics fit's predictions, computed once (the fit stage) as the sidecar the residual net reads too."""
+def fit_from_sidecar(s, store: Path, calibrated: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The physics fit's predictions, computed once (the fit stage) as the sidecar the residual net reads
+    too: its calibrated values, or the fit's own (`baseline_*_raw` where the stage calibrated)."""
     import h5py
 
     from spectramind.evaluate.predict import combine_visits
@@ -70,10 +80,20 @@ def fit_from_sidecar(s, store: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
     with h5py.File(path) as f, h5py.File(store / "lightcurves.h5") as main:
         keys = sorted(f["visits"])
         ids = [int(main["visits"][k].attrs["planet_id"]) for k in keys]
-        mu = np.stack([f["visits"][k]["baseline_mu"][()] for k in keys])
-        sigma = np.stack([f["visits"][k]["baseline_sigma"][()] for k in keys])
+        raw = not calibrated and "baseline_mu_raw" in f["visits"][keys[0]]
+        suffix = "_raw" if raw else ""
+        mu = np.stack([f["visits"][k][f"baseline_mu{suffix}"][()] for k in keys])
+        sigma = np.stack([f["visits"][k][f"baseline_sigma{suffix}"][()] for k in keys])
     ids, mu, sigma = combine_visits(ids, mu, sigma)
     return ids, np.maximum(mu, 0.0), sigma, time.time() - start
+
+
+def worst_planet(y, mu, sigma, naive_mean, naive_sigma) -> float:
+    """The lowest per-planet score (each planet's bins weighted as the competition weights them)."""
+    from spectramind import metric
+
+    ind = metric.element_scores(y, mu, sigma, naive_mean, naive_sigma)
+    return min(metric.weighted_score(ind[i:i + 1]) for i in range(len(y)))
 
 
 def main() -> None:
@@ -84,7 +104,8 @@ def main() -> None:
     parser.add_argument("--residual-epochs", type=int, default=40)
     parser.add_argument("--cnn-epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--models", default="fit,residual,cnn1d")
+    parser.add_argument("--full-size", action="store_true", help="the real read counts (slow: ~20 s a visit)")
+    parser.add_argument("--models", default="fit,fit+calibration,residual,cnn1d")
     args = parser.parse_args()
 
     from spectramind.config.stage import load
@@ -97,8 +118,9 @@ def main() -> None:
 
     timings = {}
     start = time.time()
-    train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers)
-    heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args.workers)  # scored on "all"
+    train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers, args.full_size)
+    heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args.workers,  # scored on "all"
+                                  args.full_size)
     heldout = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}"])[1]
     simulate_raw(heldout, progress=False)
     calibrate(heldout, progress=False)
@@ -115,8 +137,8 @@ def main() -> None:
     rows, models = {}, args.models.split(",")
     for name in models:
         t0 = time.time()
-        if name == "fit":
-            ids, mu, sigma, seconds = fit_from_sidecar(heldout, store)
+        if name in ("fit", "fit+calibration"):
+            ids, mu, sigma, seconds = fit_from_sidecar(heldout, store, calibrated=name != "fit")
         else:
             epochs = args.residual_epochs if name == "residual" else args.cnn_epochs
             run = train(name, args.out, train_data, epochs)  # builds its missing inputs (calibrate, fit)
@@ -131,14 +153,18 @@ def main() -> None:
         metrics, _ = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
         rows[name] = {k: round(metrics[k], 4) for k in ("score", "ratio_to_oracle", "rmse", "within_1sigma",
                                                          "within_2sigma", "within_1sigma_fgs1")}
-        rows.setdefault("oracle", {"score": round(metrics["oracle_score"], 4), "ratio_to_oracle": 1.0})
+        rows[name]["worst_planet"] = round(worst_planet(y, mu, sigma, naive_mean, naive_sigma), 4)
+        rows.setdefault("per_bin_oracle", {"score": round(metrics["oracle_score"], 4), "ratio_to_oracle": 1.0})
         print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
 
     report = {"heldout_planets": len(ids), "train_planets": args.train_planets, "heldout_seed": HELDOUT_SEED,
               "train_seed": TRAIN_SEED, "time_bins": attrs["n_time"], "table": rows, "timings_s": timings,
-              "goal": "residual >= 0.9 x oracle and above fit",
-              "goal_met": ("residual" in rows and "fit" in rows and rows["residual"]["ratio_to_oracle"] >= 0.9
-                           and rows["residual"]["score"] > rows["fit"]["score"])}
+              "goals": {"fit >= 0.85 x oracle": rows.get("fit", {}).get("ratio_to_oracle", 0) >= 0.85,
+                        "calibrated >= 1.0 x oracle": rows.get("fit+calibration", {}).get("ratio_to_oracle", 0) >= 1.0,
+                        "|z|<1 in 0.62-0.74": {k: 0.62 <= r.get("within_1sigma", 0) <= 0.74
+                                               for k, r in rows.items() if "within_1sigma" in r},
+                        "no planet below 0": {k: r["worst_planet"] >= 0 for k, r in rows.items()
+                                              if "worst_planet" in r}}}
     print(json.dumps(report, indent=2))
 
 
