@@ -216,6 +216,27 @@ def test_sidecars_add_their_datasets_and_dataloader_workers_read_lazily(built, t
     assert batch["baseline_depth"].shape == (2, 283) and batch["flux"].shape == (2, 50, 283)
 
 
+def test_finer_time_bins_make_a_store_the_models_read(built, tmp_path):
+    """airs_bin 1 / fgs1_bin 4 (the short visits' counterpart of 5 / 60): n_time follows into the store, the
+    dataset and the models, which take it from the store's attributes."""
+    from spectramind.models.baseline import fit_kwargs
+
+    s, _ = built
+    fine = replace(s.data.calibrate, airs_bin=1, fgs1_bin=4)
+    s = replace(s, data=replace(s.data, store=str(tmp_path / "fine"), calibrate=fine))
+    assert calibrate(s, progress=False)["n_time"] == 150
+    store = require_store(s, ("train",))
+    attrs = read_store_attrs(store)
+    batch = torch.utils.data.default_collate([LightCurveDataset(store, "all")[i] for i in range(2)])
+    assert batch["flux"].shape == (2, 150, 283) and batch["jitter"].shape == (2, 150, len(attrs["jitter_columns"]))
+    for model in ("cnn1d", "transformer", "fit"):
+        m = make_settings(f"model={model}")
+        net = m.model.instantiate(n_time=attrs["n_time"], n_bins=attrs["n_bins"], n_star=len(attrs["star_columns"]),
+                                  **fit_kwargs(m))
+        mu, sigma = net(batch)
+        assert mu.shape == sigma.shape == (2, 283) and torch.isfinite(mu).all(), model
+
+
 def test_unknown_split_is_a_data_error(built):
     from spectramind.errors import DataError
 
