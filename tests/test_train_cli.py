@@ -62,6 +62,15 @@ def test_a_run_stopped_by_its_budget_is_indexed_as_stopped_and_resumable(outputs
     assert index[run_dir.name]["status"] == "stopped"
     assert index[run_dir.name]["stop_reason"] == "time_budget"
 
+    # The same command again (a restarted notebook): it resumes the checkpoint, with a fresh budget.
+    again = _spectramind("train", *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] == summary["global_step"]
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["global_step"] >= summary["global_step"] and resumed["wall_time_s"] > summary["wall_time_s"]
+
 
 @pytest.mark.slow
 def test_ci_fast_trains_end_to_end_within_60s_once_the_store_exists(outputs):
