@@ -144,7 +144,7 @@ def test_a_network_needs_a_run_and_the_run_needs_a_checkpoint(tmp_path):
 def test_the_physics_fit_needs_no_run(tmp_path):
     s = make_settings("model=fit", f"paths.output_dir={tmp_path}")
     assert require_run(s) is None
-    model, trained, source = load_model(s, ATTRS, None)
+    model, trained, source = load_model(s, ATTRS)
     assert trained == s
     assert source == {"model": "spectramind.models.fit.PhysicsFit", "run": None}
 

@@ -162,12 +162,12 @@ def require_run(s: Settings) -> Path | None:
     return folder
 
 
-def load_model(s: Settings, attrs: dict, folder: Path | None) -> tuple[torch.nn.Module, Settings, dict]:
-    """The model to predict with, the settings it was made with, and where it came from: the checkpoint
-    of the run in `folder` (require_run's answer; the run's own settings win over the current ones), or
-    the physics fit, which needs no run."""
+def load_model(s: Settings, attrs: dict) -> tuple[torch.nn.Module, Settings, dict]:
+    """The model to predict with, the settings it was made with, and where it came from: a run's
+    checkpoint (its own settings win over the current ones), or the physics fit, which needs no run."""
     from spectramind.train import checkpoint
 
+    folder = require_run(s)
     if folder is None:
         return build_model(s, attrs), s, {"model": FIT_TARGET, "run": None}
     trained = dataclasses.replace(trained_settings(folder), data=s.data)
@@ -220,10 +220,10 @@ def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | 
     start = time.time()
     split = split or s.predict.split
     out = out or s.predict.out
-    trained_run = require_run(s)  # before anything is read: fail at start-up
+    require_run(s)  # before anything is read: fail at start-up
     store = require_store(s, split_folders(split))
     attrs = read_store_attrs(store)
-    net, trained, source = load_model(s, attrs, trained_run)
+    net, trained, source = load_model(s, attrs)
     dev = resolve_device(s.predict.device, "predict.device")
     dataset = LightCurveDataset(store, split, sidecars=require_baseline(trained))
     ids, mu, sigma = combine_visits(*predict_visits(net, dataset, s.predict.batch_size, dev, progress))
