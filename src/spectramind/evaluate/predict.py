@@ -96,7 +96,7 @@ def _matched(s: Settings) -> dict:
 
 
 def _difference(ours: dict, theirs: dict, where: str = "") -> str | None:
-    """The first dotted key whose value differs, as `key (ours vs theirs)`; None when all are equal."""
+    """The first dotted key whose value differs, as `key (theirs, here ours)`; None when all are equal."""
     for key in sorted(set(ours) | set(theirs)):
         a, b, dotted = ours.get(key), theirs.get(key), f"{where}.{key}" if where else key
         if isinstance(a, dict) and isinstance(b, dict):
