@@ -225,7 +225,8 @@ def test_data_flows_through_declared_outs(stages, params):
     out_dir = evaluate["out_dir"]
     ev = stages["evaluate"]
     assert set(ev["outs"]) == {_own("evaluate")} | {
-        f"{out_dir}/{n}" for n in ("submission.csv", "predict_summary.json", "spectra.png", "score_per_wavelength.png")}
+        f"{out_dir}/{n}" for n in ("submission.csv", "predict_summary.json", "spectra.png", "score_per_wavelength.png",
+                                          "fit_flags.csv")}
     assert ev["metrics"] == [f"{out_dir}/metrics.json"]
     assert ev["plots"] == [f"{out_dir}/per_bin.csv"]
     # cached, so an experiment's metrics reach `dvc exp show` (pipeline/ is git-ignored)

@@ -107,6 +107,7 @@ class Fit:
     sigma_scale: float
     visits_disagree_chi2: float
     calibration_folds: int
+    spectral_prior_shrinkage: float | None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xxhash
 
 from spectramind import files
 from spectramind.config.settings import Settings, Simulate
@@ -55,8 +56,10 @@ def simulate(root: str | Path, sim: Simulate, *, seed: int, num_workers: int, pr
 
 
 def _lock_path(root: str | Path) -> Path:
-    root = Path(root)
-    return root.with_name(f".{root.name}.simulate")  # files.locked adds `.lock`
+    """The root's lock, in the system's temporary folder: beside the root it would be a file DVC sees the
+    simulate stage write outside its declared output (files.locked adds `.lock`)."""
+    key = xxhash.xxh3_64(str(Path(root).resolve()).encode()).hexdigest()
+    return Path(tempfile.gettempdir()) / f"spectramind-simulate-{key}"
 
 
 def _build(root: Path, sim: Simulate, seed: int, num_workers: int, progress: bool) -> dict:

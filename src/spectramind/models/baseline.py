@@ -90,32 +90,42 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
 
 
 def _calibrate(s: Settings, results: dict[str, dict], train: set[int]) -> dict | None:
-    """Calibrate every visit's mu and sigma in place (raw values kept as mu_raw, sigma_raw): the training
-    planets out of fold, the others with the calibration fitted on all of them. None (nothing changed)
-    when it is off or fewer than 2 x folds training planets have labels."""
-    from spectramind.models.calibration import fit_calibration, out_of_fold
+    """Calibrate every visit's mu and sigma in place (raw values kept as mu_raw, sigma_raw), stacked
+    out of fold: first the spectral prior (when `fit.spectral_prior_shrinkage` is set), then the per-
+    instrument calibration on the prior's output. The training planets get what the other folds taught,
+    the others what all of them did. None (nothing changed) when `fit.calibration_folds` is 0 or fewer
+    than 2 x folds training planets have labels."""
+    from spectramind.models.calibration import SpectralPrior, fit_calibration, out_of_fold
 
-    folds = s.fit.calibration_folds
+    folds, shrinkage = s.fit.calibration_folds, s.fit.spectral_prior_shrinkage
     labelled = [k for k, r in results.items() if r["planet_id"] in train and np.isfinite(r["target"]).all()]
     if folds == 0 or len({results[k]["planet_id"] for k in labelled}) < 2 * folds:
         return None
     for r in results.values():
         r["mu_raw"], r["sigma_raw"] = r["mu"], r["sigma"]
+    others = [k for k in results if k not in set(labelled)]
+    planets = [results[k]["planet_id"] for k in labelled]
 
     def stack(keys, name):
         return np.stack([results[k][name] for k in keys]).astype(np.float64)
 
-    mu, sigma, y = stack(labelled, "mu"), stack(labelled, "sigma"), stack(labelled, "target")
-    mu_oof, sigma_oof = out_of_fold([results[k]["planet_id"] for k in labelled], mu, sigma, y, folds, s.seed)
-    for i, k in enumerate(labelled):
-        results[k]["mu"], results[k]["sigma"] = mu_oof[i], sigma_oof[i]
-    calibration = fit_calibration(mu, sigma, y)
-    others = [k for k in results if k not in set(labelled)]
-    if others:
-        mu_cal, sigma_cal = calibration.apply(stack(others, "mu"), stack(others, "sigma"))
-        for i, k in enumerate(others):
-            results[k]["mu"], results[k]["sigma"] = mu_cal[i], sigma_cal[i]
-    return {**calibration.as_dict(), "planets": len({results[k]["planet_id"] for k in labelled}), "folds": folds}
+    def learn_prior(mu, sigma, y):
+        return SpectralPrior.learn(y, shrinkage)
+
+    y = stack(labelled, "target")
+    steps = ([learn_prior] if shrinkage is not None else []) + [fit_calibration]
+    for learn in steps:
+        mu, sigma = stack(labelled, "mu"), stack(labelled, "sigma")
+        mu_oof, sigma_oof = out_of_fold(planets, mu, sigma, y, folds, s.seed, learn)
+        learned = learn(mu, sigma, y)
+        for i, k in enumerate(labelled):
+            results[k]["mu"], results[k]["sigma"] = mu_oof[i], sigma_oof[i]
+        if others:
+            mu_all, sigma_all = learned.apply(stack(others, "mu"), stack(others, "sigma"))
+            for i, k in enumerate(others):
+                results[k]["mu"], results[k]["sigma"] = mu_all[i], sigma_all[i]
+    return {**learned.as_dict(), "spectral_prior": shrinkage is not None, "planets": len(set(planets)),
+            "folds": folds}
 
 
 def visit_reasons(s: Settings, planet_ids) -> list[dict] | None:

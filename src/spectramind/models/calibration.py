@@ -1,4 +1,5 @@
-"""Post-hoc calibration of the physics fit on labelled planets, fitted by the competition's own likelihood.
+"""Post-hoc calibration of the physics fit on labelled planets, fitted by the competition's own likelihood,
+and a spectral prior learned from the same labels.
 
 Per instrument (FGS1, AIRS): mu -> mu (1 + m) and sigma -> sqrt((s sigma)^2 + (f mu)^2). m corrects a
 depth bias the fit shares across planets (a limb-darkening law that is not the star's), s rescales the
@@ -59,8 +60,10 @@ def _fit_instrument(mu, sigma, y) -> tuple[float, float, float]:
     return float(t[0]), float(t[1].exp()), float(t[2].exp())
 
 
-def out_of_fold(planet_ids, mu, sigma, y, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each labelled visit calibrated by the calibration fitted on the other folds (folds by planet)."""
+def out_of_fold(planet_ids, mu, sigma, y, folds: int, seed: int, learn=None) -> tuple[np.ndarray, np.ndarray]:
+    """Each labelled visit corrected by what `learn(mu, sigma, y)` (default: fit_calibration) makes of
+    the other folds (folds by planet); what it makes must have `apply(mu, sigma)`."""
+    learn = learn or fit_calibration
     planet_ids = np.asarray(planet_ids)
     planets = np.unique(planet_ids)
     fold_of = dict(zip(planets, np.random.default_rng(seed).permutation(len(planets)) % folds, strict=True))
@@ -68,6 +71,40 @@ def out_of_fold(planet_ids, mu, sigma, y, folds: int, seed: int) -> tuple[np.nda
     mu_out, sigma_out = np.empty_like(mu), np.empty_like(sigma)
     for k in range(folds):
         held = fold == k
-        cal = fit_calibration(mu[~held], sigma[~held], y[~held])
-        mu_out[held], sigma_out[held] = cal.apply(mu[held], sigma[held])
+        mu_out[held], sigma_out[held] = learn(mu[~held], sigma[~held], y[~held]).apply(mu[held], sigma[held])
     return mu_out, sigma_out
+
+
+@dataclass(frozen=True)
+class SpectralPrior:
+    """A Gaussian prior on a spectrum's shape (the spectrum over its mean AIRS depth), learned from labels.
+
+    Real transmission spectra are a few molecules' bands, a haze slope and clouds: far fewer degrees of
+    freedom than 283 bins, so neighbouring bins are not independent, and a fit's per-bin values can be
+    pulled towards the shapes the labels span. The posterior of a visit's shape given its per-bin values
+    (treated as independent with their sigma) is the usual Gaussian update; sigma may then fall below the
+    per-bin limit, legitimately.
+    """
+
+    mean: np.ndarray        # (bins,) mean shape
+    covariance: np.ndarray  # (bins, bins) shape covariance, shrunk towards its diagonal
+
+    @classmethod
+    def learn(cls, labels: np.ndarray, shrinkage: float) -> SpectralPrior:
+        shape = labels / labels[:, 1:].mean(1, keepdims=True)
+        cov = np.cov(shape, rowvar=False)
+        # Shrinkage towards the diagonal: a covariance from fewer spectra than bins is singular.
+        cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov))
+        return cls(mean=shape.mean(0), covariance=cov)
+
+    def apply(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(visits, bins) -> the posterior mean and standard deviation per bin."""
+        level = np.abs(mu[:, 1:].mean(1, keepdims=True)).clip(1e-6)
+        out_mu, out_sigma = np.empty_like(mu), np.empty_like(sigma)
+        for i in range(len(mu)):
+            s, d = mu[i] / level[i], (sigma[i] / level[i]) ** 2
+            gain = np.linalg.solve(self.covariance + np.diag(d), self.covariance).T   # C (C + D)^-1
+            post = self.mean + gain @ (s - self.mean)
+            var = np.diag(self.covariance - gain @ self.covariance).clip(1e-30)
+            out_mu[i], out_sigma[i] = post * level[i], np.sqrt(var) * level[i]
+        return out_mu, out_sigma
