@@ -83,15 +83,18 @@ class SpectralPrior:
     freedom than 283 bins, so neighbouring bins are not independent, and a fit's per-bin values can be
     pulled towards the shapes the labels span. The posterior of a visit's shape given its per-bin values
     (treated as independent with their sigma) is the usual Gaussian update; sigma may then fall below the
-    per-bin limit, legitimately.
+    per-bin limit, legitimately. AIRS only: FGS1's one value against AIRS's mean is the ratio a planet's
+    haze and clouds set, too varied to be pulled towards the labels' (that is where a prior was seen to
+    make a planet confidently wrong).
     """
 
-    mean: np.ndarray        # (bins,) mean shape
-    covariance: np.ndarray  # (bins, bins) shape covariance, shrunk towards its diagonal
+    mean: np.ndarray        # (bins - 1,) mean AIRS shape
+    covariance: np.ndarray  # (bins - 1, bins - 1) its covariance, shrunk towards its diagonal
 
     @classmethod
     def learn(cls, labels: np.ndarray, shrinkage: float) -> SpectralPrior:
-        shape = labels / labels[:, 1:].mean(1, keepdims=True)
+        airs = labels[:, 1:]
+        shape = airs / airs.mean(1, keepdims=True)
         cov = np.cov(shape, rowvar=False)
         # Shrinkage towards the diagonal: a covariance from fewer spectra than bins is singular.
         cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov))
@@ -100,11 +103,17 @@ class SpectralPrior:
     def apply(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(visits, bins) -> the posterior mean and standard deviation per bin."""
         level = np.abs(mu[:, 1:].mean(1, keepdims=True)).clip(1e-6)
-        out_mu, out_sigma = np.empty_like(mu), np.empty_like(sigma)
+        out_mu, out_sigma = mu.copy(), sigma.copy()
         for i in range(len(mu)):
-            s, d = mu[i] / level[i], (sigma[i] / level[i]) ** 2
-            gain = np.linalg.solve(self.covariance + np.diag(d), self.covariance).T   # C (C + D)^-1
-            post = self.mean + gain @ (s - self.mean)
-            var = np.diag(self.covariance - gain @ self.covariance).clip(1e-30)
-            out_mu[i], out_sigma[i] = post * level[i], np.sqrt(var) * level[i]
+            s, d = mu[i, 1:] / level[i], (sigma[i, 1:] / level[i]) ** 2
+            innovation = s - self.mean
+            # A spectrum the labels did not prepare the prior for (its values unlikely under prior + noise)
+            # gets a prior widened by how unlikely they are (empirical Bayes): never pulled confidently
+            # onto shapes it does not have.
+            chi2 = innovation @ np.linalg.solve(self.covariance + np.diag(d), innovation) / len(s)
+            cov = self.covariance * max(1.0, chi2)
+            gain = np.linalg.solve(cov + np.diag(d), cov).T                          # C (C + D)^-1
+            post = self.mean + gain @ innovation
+            var = np.diag(cov - gain @ cov).clip(1e-30)
+            out_mu[i, 1:], out_sigma[i, 1:] = post * level[i], np.sqrt(var) * level[i]
         return out_mu, out_sigma
