@@ -15,7 +15,14 @@ from spectramind.data import store as st
 from spectramind.data.dataset import LightCurveDataset
 from spectramind.data.prepare import _store_config
 from spectramind.errors import DataError
-from spectramind.models.baseline import fit_baseline, require_baseline, visit_reasons
+from spectramind.models.baseline import (
+    calibration_path,
+    fit_baseline,
+    label_calibration,
+    require_baseline,
+    sidecar_path,
+    visit_reasons,
+)
 from spectramind.models.fit import PhysicsFit
 
 N = 32
@@ -104,3 +111,23 @@ def test_with_enough_labelled_planets_the_sidecar_holds_the_calibrated_fit_and_t
     assert off["calibration"] is None
     with h5py.File(off["baseline"]) as f:
         assert "baseline_sigma_raw" not in f["visits"]["21_0"]
+
+
+def test_what_the_fit_stage_learned_from_labels_is_applied_by_predict_to_unlabelled_visits(tmp_path):
+    s, _ = _store(tmp_path, visits=[(p, 0, p % 2, None) for p in (21, 22, 23, 24, 25)])
+    manifest_path = tmp_path / "store" / st.MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["splits"].update(train=[21, 22, 23, 24], test=[25])         # 25: no label the fit may use
+    manifest_path.write_text(json.dumps(manifest))
+    s = replace(s, fit=replace(s.fit, calibration_folds=2))
+    assert label_calibration(s, np.ones((1, N)), np.ones((1, N)))[2] is None   # nothing learned yet
+    fit_baseline(s, progress=False)
+    with h5py.File(sidecar_path(s)) as f:
+        g = f["visits"]["25_0"]
+        raw = g["baseline_mu_raw"][()][None], g["baseline_sigma_raw"][()][None]
+        stored = g["baseline_mu"][()], g["baseline_sigma"][()]
+    mu, sigma, source = label_calibration(s, *raw)
+    assert source == str(calibration_path(s))
+    np.testing.assert_allclose(mu[0], stored[0], rtol=1e-5)
+    np.testing.assert_allclose(sigma[0], stored[1], rtol=1e-5)
+    assert not np.allclose(sigma[0], raw[1][0])

@@ -2,9 +2,9 @@
 
 A stage's source set is the closure of the `spectramind` modules its entry module imports (at module
 level or inside functions, read from the source with `ast`), plus the foundation every stage runs
-(compose, validate, hash, snapshot) and the command line's own file. So an edit to `models/fit.py` gives new fit, train, predict and
-evaluate runs and leaves simulate and calibrate alone; dvc.yaml lists the same files (a test keeps the
-two equal).
+(compose, validate, hash, snapshot) and the command line's own file. So an edit to `models/fit.py`
+gives new fit, train, predict and evaluate runs and leaves simulate and calibrate alone; dvc.yaml lists
+the same files (a test keeps the two equal).
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | 
     """
     from spectramind.data.dataset import LightCurveDataset, read_store_attrs
     from spectramind.data.prepare import require_store
-    from spectramind.models.baseline import require_baseline
+    from spectramind.models.baseline import label_calibration, require_baseline
 
     start = time.time()
     split = split or s.predict.split
@@ -226,7 +226,10 @@ def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | 
     net, trained, source = load_model(s, attrs)
     dev = resolve_device(s.predict.device, "predict.device")
     dataset = LightCurveDataset(store, split, sidecars=require_baseline(trained))
-    ids, mu, sigma = combine_visits(*predict_visits(net, dataset, s.predict.batch_size, dev, progress))
+    visit_ids, visit_mu, visit_sigma = predict_visits(net, dataset, s.predict.batch_size, dev, progress)
+    if source["model"] == FIT_TARGET:  # what `spectramind fit` learned from labels, when it has
+        visit_mu, visit_sigma, source["calibration"] = label_calibration(s, visit_mu, visit_sigma)
+    ids, mu, sigma = combine_visits(visit_ids, visit_mu, visit_sigma)
     negative = int((mu < 0).sum())
     mu = np.maximum(mu, 0.0)  # a depth cannot be negative and the scorer rejects negative values
     sample = Path(s.data.root) / "sample_submission.csv"

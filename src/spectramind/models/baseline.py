@@ -45,6 +45,29 @@ def sidecar_path(s: Settings) -> Path:
     return Path(s.data.baseline) / f"baseline_{key}.h5"
 
 
+def calibration_path(s: Settings) -> Path:
+    """Where the fit stage keeps what it learned from labels (models.calibration) for `model=fit` to apply
+    on any store: named by the fit's settings and code, not by the store it was learned on."""
+    from spectramind.config.provenance import code_digest
+
+    key = xxhash.xxh3_64(json.dumps({"fit": dataclasses.asdict(s.fit), "code": code_digest("fit")},
+                                    sort_keys=True).encode()).hexdigest()
+    return Path(s.data.baseline) / f"calibration_{key}.npz"
+
+
+def label_calibration(s: Settings, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Per-visit (visits, bins) fit values with what the fit stage learned from labels applied, when it
+    learned something for these fit settings; and the file it came from."""
+    from spectramind.models import calibration as cal
+
+    path = calibration_path(s)
+    if not path.is_file():
+        return mu, sigma, None
+    for step in cal.load(path):
+        mu, sigma = step.apply(mu.astype(np.float64), sigma.astype(np.float64))
+    return mu, sigma, str(path)
+
+
 def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: int = 16,
                  progress: bool = True) -> dict:
     """The fit stage: fit every visit of `data.store` once with the `fit` settings, calibrate the result on
@@ -73,7 +96,11 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
                                   "flags": out["flags"][i].cpu().numpy().astype(np.uint8),
                                   "planet_id": int(visits[k].attrs["planet_id"]), "target": visits[k]["target"][()]}
                     advance()
-    calibration = _calibrate(s, results, set(read_manifest(store)["splits"]["train"]))
+    calibration, learned = _calibrate(s, results, set(read_manifest(store)["splits"]["train"]))
+    if learned:
+        from spectramind.models import calibration as cal
+
+        cal.save(calibration_path(s), learned)
     with files.atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
         group = dst.create_group("visits")
         for k, r in results.items():
@@ -89,18 +116,19 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
             "seconds": round(time.perf_counter() - started, 2)}
 
 
-def _calibrate(s: Settings, results: dict[str, dict], train: set[int]) -> dict | None:
+def _calibrate(s: Settings, results: dict[str, dict], train: set[int]) -> tuple[dict | None, list]:
     """Calibrate every visit's mu and sigma in place (raw values kept as mu_raw, sigma_raw), stacked
     out of fold: first the spectral prior (when `fit.spectral_prior_shrinkage` is set), then the per-
     instrument calibration on the prior's output. The training planets get what the other folds taught,
-    the others what all of them did. None (nothing changed) when `fit.calibration_folds` is 0 or fewer
-    than 2 x folds training planets have labels."""
+    the others what all of them did. Returns a summary and the steps learned on all of them; (None, [])
+    with nothing changed when `fit.calibration_folds` is 0 or fewer than 2 x folds training planets have
+    labels."""
     from spectramind.models.calibration import SpectralPrior, fit_calibration, out_of_fold
 
     folds, shrinkage = s.fit.calibration_folds, s.fit.spectral_prior_shrinkage
     labelled = [k for k, r in results.items() if r["planet_id"] in train and np.isfinite(r["target"]).all()]
     if folds == 0 or len({results[k]["planet_id"] for k in labelled}) < 2 * folds:
-        return None
+        return None, []
     for r in results.values():
         r["mu_raw"], r["sigma_raw"] = r["mu"], r["sigma"]
     others = [k for k in results if k not in set(labelled)]
@@ -114,18 +142,20 @@ def _calibrate(s: Settings, results: dict[str, dict], train: set[int]) -> dict |
 
     y = stack(labelled, "target")
     steps = ([learn_prior] if shrinkage is not None else []) + [fit_calibration]
+    learned_steps = []
     for learn in steps:
         mu, sigma = stack(labelled, "mu"), stack(labelled, "sigma")
         mu_oof, sigma_oof = out_of_fold(planets, mu, sigma, y, folds, s.seed, learn)
         learned = learn(mu, sigma, y)
+        learned_steps.append(learned)
         for i, k in enumerate(labelled):
             results[k]["mu"], results[k]["sigma"] = mu_oof[i], sigma_oof[i]
         if others:
             mu_all, sigma_all = learned.apply(stack(others, "mu"), stack(others, "sigma"))
             for i, k in enumerate(others):
                 results[k]["mu"], results[k]["sigma"] = mu_all[i], sigma_all[i]
-    return {**learned.as_dict(), "spectral_prior": shrinkage is not None, "planets": len(set(planets)),
-            "folds": folds}
+    return ({**learned.as_dict(), "spectral_prior": shrinkage is not None, "planets": len(set(planets)),
+             "folds": folds}, learned_steps)
 
 
 def visit_reasons(s: Settings, planet_ids) -> list[dict] | None:

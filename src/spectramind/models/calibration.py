@@ -117,3 +117,27 @@ class SpectralPrior:
             var = np.diag(cov - gain @ cov).clip(1e-30)
             out_mu[i, 1:], out_sigma[i, 1:] = post * level[i], np.sqrt(var) * level[i]
         return out_mu, out_sigma
+
+
+def save(path, learned: list) -> None:
+    """The learned steps (a SpectralPrior and/or a Calibration, in the order applied) as one .npz."""
+    from spectramind import files
+
+    arrays = {}
+    for step in learned:
+        if isinstance(step, SpectralPrior):
+            arrays.update(prior_mean=step.mean, prior_covariance=step.covariance)
+        else:
+            arrays["calibration"] = np.array([step.mu_bias, step.sigma_scale, step.sigma_floor])
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load(path) -> list:
+    """What `save` wrote, as steps to apply in order (no pickle: arrays only)."""
+    with np.load(path, allow_pickle=False) as data:
+        steps = []
+        if "prior_mean" in data:
+            steps.append(SpectralPrior(mean=data["prior_mean"], covariance=data["prior_covariance"]))
+        m, s, f = (tuple(float(v) for v in row) for row in data["calibration"])
+        return [*steps, Calibration(mu_bias=m, sigma_scale=s, sigma_floor=f)]
