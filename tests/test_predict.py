@@ -1,7 +1,9 @@
 """Where predict finds its model, and the predict/evaluate commands end to end on a tiny simulated set."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -175,3 +177,38 @@ def test_predict_and_evaluate_the_fit_from_the_command_line(cli, tmp_path):
 def test_a_network_without_a_run_is_refused_with_exit_code_2(cli, tmp_path):
     done = cli("predict", "model=cnn1d", f"paths.output_dir={tmp_path}", *TINY)
     assert done.returncode == 2 and "predict.run: required" in done.stderr
+
+
+def _tiny_store(folder: Path, s, n_bins: int, flux: float) -> None:
+    """A labelled store of one visit with n_bins bins, every flux value `flux`."""
+    from spectramind.data import store as st
+    from spectramind.data.prepare import _store_config
+
+    t = 40
+    with st.writer(folder, {"star_columns": list("abcdefghi"), "jitter_columns": ["x"]}) as add:
+        arrays = {"flux": np.full((t, n_bins), flux, np.float32), "flux_err": np.full((t, n_bins), 1e-3, np.float32),
+                  "time": np.linspace(0, 7.5, t, dtype=np.float32), "jitter": np.zeros((t, 1), np.float32),
+                  "star": np.ones(9, np.float32), "oot": np.ones(t, bool), "norm": np.ones(n_bins),
+                  "target": np.full(n_bins, 0.01, np.float32)}
+        add(7, 0, arrays, {"t0_h": 3.75})
+    manifest = {"planets": [{"planet_id": 7, "visits": [0]}], "folders": ["train", "test"],
+                "splits": {"train": [7], "val": [], "test": [], "predict": []},
+                "config": _store_config(s.data.calibrate, s.data.split, s.seed)}
+    (folder / st.MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("n_bins", "flux", "says"), [(32, 1.0, "light curves of 32 bins; expected 283"),
+                                                       (283, float("nan"), "has no finite flux value")])
+def test_a_store_the_fit_cannot_predict_from_is_a_data_error_with_no_submission(tmp_path, n_bins, flux, says):
+    """The stage function the CLI calls (DataError is its exit code 3, one line)."""
+    from dataclasses import replace
+
+    from spectramind.evaluate.predict import predict
+
+    s = make_settings("model=fit", f"paths.output_dir={tmp_path}")
+    s = replace(s, data=replace(s.data, store=str(tmp_path / "store")))
+    _tiny_store(tmp_path / "store", s, n_bins, flux)
+    out = tmp_path / "sub" / "submission.csv"
+    with pytest.raises(DataError, match=says) as err:
+        predict(s, tmp_path / "run", split="train", out=str(out), progress=False)
+    assert "\n" not in str(err.value) and not out.exists()

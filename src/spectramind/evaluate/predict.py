@@ -15,6 +15,7 @@ import torch
 from spectramind import files
 from spectramind.config import runhash
 from spectramind.config.settings import Settings
+from spectramind.data import ariel_format as af
 from spectramind.devices import resolve_device
 from spectramind.errors import ConfigError, DataError, SpectraMindError
 from spectramind.evaluate import submission
@@ -194,6 +195,11 @@ def predict_visits(model: torch.nn.Module, dataset, batch_size: int, device: tor
     ids, mus, sigmas = [], [], []
     with bar("predict", len(dataset), enabled=progress) as advance:
         for batch in loader:
+            empty = ~torch.isfinite(batch["flux"]).flatten(1).any(1)
+            if empty.any():
+                i = int(empty.nonzero()[0, 0])
+                raise DataError(f"{dataset.store}: visit {int(batch['planet_id'][i])}_{int(batch['visit'][i])} "
+                                "has no finite flux value; expected calibrated light curves")
             tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v) and k != "planet_id"}
             mu, sigma = model(tensors)
             ids.append(np.asarray(batch["planet_id"]))
@@ -223,6 +229,9 @@ def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | 
     require_run(s)  # before anything is read: fail at start-up
     store = require_store(s, split_folders(split))
     attrs = read_store_attrs(store)
+    if attrs["n_bins"] != af.N_BINS:
+        raise DataError(f"{store}: light curves of {attrs['n_bins']} bins; expected {af.N_BINS} (FGS1 and "
+                        "282 AIRS bins, the submission's), re-run `spectramind calibrate`")
     net, trained, source = load_model(s, attrs)
     dev = resolve_device(s.predict.device, "predict.device")
     dataset = LightCurveDataset(store, split, sidecars=require_baseline(trained))
