@@ -1,6 +1,7 @@
 """The simulator's embedded instrument numbers, re-measured on the genuine files."""
 
 import numpy as np
+from test_data_simulate_honest import centroid_rms, edge_over_trace, width_trend
 
 from spectramind.data import ariel_format as af
 from spectramind.data import instrument as ins
@@ -59,25 +60,13 @@ def test_linear_corr_medians_match_the_real_map(real_sample):
 def test_trace_width_trend_edge_light_and_fgs1_jitter_match_the_real_frames(real_sample):
     frames = np.load(real_sample / "first_frames_342072318.npz")
     airs = frames["airs_first50"].astype(np.float64)
-    mean = (airs[1::2] - airs[0::2]).mean(0)
-    signal = mean - np.median(np.r_[mean[:3], mean[-3:]], axis=0)
-    wl, rows = airs_detector_wavelengths_um(), np.arange(8, 25)
-    widths, centres = [], []
-    for lo in range(30, 350, 20):
-        s = signal[8:25, lo : lo + 20].sum(1)
-        c = (s * rows).sum() / s.sum()
-        widths.append(np.sqrt((s * (rows - c) ** 2).sum() / s.sum()))
-        centres.append(wl[lo : lo + 20].mean())
-    assert abs(np.polyfit(centres, widths, 1)[0] - ins.AIRS_TREND_ROWS_PER_UM) < 0.01
-    edge = mean[[0, 1, 30, 31]].mean(0) / mean[8:24].sum(0)
+    assert abs(width_trend(airs) - ins.AIRS_TREND_ROWS_PER_UM) < 0.01
+    edge = edge_over_trace(airs)
     assert abs(np.median(edge[40:320]) - ins.AIRS_EDGE_FRACTION) < 0.15 * ins.AIRS_EDGE_FRACTION
     fgs = frames["fgs1_first50"].astype(np.float64)
+    assert np.allclose(centroid_rms(fgs), ins.FGS1_CENTROID_RMS, atol=0.01)
     cds = fgs[1::2] - fgs[0::2]
     cds -= np.median(np.r_[cds[:, :4].ravel(), cds[:, -4:].ravel()])
-    yy, xx = np.mgrid[:32, :32]
-    total = cds.sum((1, 2))
-    rms = np.std((cds * xx).sum((1, 2)) / total), np.std((cds * yy).sum((1, 2)) / total)
-    assert np.allclose(rms, ins.FGS1_CENTROID_RMS, atol=0.01)
     mean_fgs = cds.mean(0)
     assert abs(mean_fgs.max() / mean_fgs.sum() - 0.100) < 0.005  # the peak pixel's share quoted in instrument.py
     assert abs(1 - mean_fgs[10:22, 10:22].sum() / mean_fgs.sum() - 0.038) < 0.005

@@ -17,7 +17,6 @@ from spectramind.config.settings import Settings
 from spectramind.data import ariel_format as af
 from spectramind.errors import DataError
 from spectramind.evaluate import plots, submission
-from spectramind.models.baseline import visit_reasons
 from spectramind.physics.wavelengths import target_wavelengths_um
 
 TRUTH_FILES = ("train.csv", "simulation_test_truth.csv")  # labels (the first is the competition's too)
@@ -77,6 +76,7 @@ def evaluate(s: Settings, run_dir: Path, events=None, progress: bool = True) -> 
     """Predict `evaluate.split`, score it, and write metrics.json, per_bin.csv and the PNGs beside the
     submission: in `evaluate.out_dir` when given, else in this stage's own `run_dir`."""
     from spectramind.evaluate.predict import predict
+    from spectramind.models.baseline import visit_reasons
 
     out_dir = Path(s.evaluate.out_dir) if s.evaluate.out_dir else Path(run_dir)
     pred = predict(s, run_dir, split=s.evaluate.split, out=str(out_dir / "submission.csv"), events=events,

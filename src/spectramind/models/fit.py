@@ -43,7 +43,8 @@ from spectramind.physics.wavelengths import target_wavelengths_um
 TS, PERIOD, SMA, INC = 2, 5, 6, 7
 # Why a visit's sigma was widened: the flags `fit` returns, in this order.
 REASONS = ("no_transit", "t0_at_edge", "not_converged", "poor_chi2", "ld_at_bound", "fgs1_vs_airs")
-HARD = 3  # the first three make the visit's depths unusable; the others make them less certain
+HARD = 3  # the first three make the depths unusable (failed_sigma_*); poor_chi2, ld_at_bound make them less
+          # certain (soft_sigma_factor); fgs1_vs_airs widens FGS1 alone
 _DEPTH_RANGE = (1e-8, 0.25)  # (Rp/Rs)^2: the transit model needs 0 < Rp/Rs < 1
 _H_Z, _H_P = 1e-6, 1e-7      # forward-difference steps in z and Rp/Rs (stellar radii)
 _SETTLED = 1e-3             # chi^2 change below which the fit has settled
@@ -133,7 +134,8 @@ class PhysicsFit(nn.Module):
         hard = flags[:, :HARD].any(1, keepdim=True)
         widened = torch.maximum(torch.nan_to_num(sigma, nan=0.0) * fs.failed_sigma_factor,
                                 torch.full_like(sigma, fs.failed_sigma_min))
-        sigma = torch.where(flags[:, HARD:5].any(1, keepdim=True), sigma * fs.soft_sigma_factor, sigma)
+        soft = flags[:, [REASONS.index("poor_chi2"), REASONS.index("ld_at_bound")]].any(1, keepdim=True)
+        sigma = torch.where(soft, sigma * fs.soft_sigma_factor, sigma)
         failed = failed_bin | hard
         shared_p = res["shared"]
         return {"mu": torch.nan_to_num(mu, nan=0.0).clamp_min(0.0), "sigma": torch.where(failed, widened, sigma),
@@ -235,7 +237,7 @@ class _JointModel:
         shared[:, A_RS] = shared[:, A_RS].clamp_min(1.5)
         shared[:, B2] = torch.minimum(shared[:, B2].clamp_min(0.0), shared[:, A_RS] ** 2)   # 0 <= b <= a
         at_bound = torch.zeros(shared.shape[0], dtype=torch.bool, device=shared.device)
-        for i1, i2 in ((4, 5), (6, 8), (7, 9)):
+        for i1, i2 in ((U_FGS1, U_FGS1 + 1), (U_AIRS, U_AIRS + 2), (U_AIRS + 1, U_AIRS + 3)):
             u1, u2, hit = _physical_ld(shared[:, i1], shared[:, i2])
             shared[:, i1], shared[:, i2] = u1, u2
             at_bound |= hit
@@ -244,10 +246,11 @@ class _JointModel:
     def _ld(self, shared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u1, u2 per bin (B, N, 1)."""
         red = self.red_share
-        u1 = shared[:, 6, None, None] * (1 - red) + shared[:, 7, None, None] * red
-        u2 = shared[:, 8, None, None] * (1 - red) + shared[:, 9, None, None] * red
+        u = shared[:, U_AIRS:N_TRANSIT, None, None]                    # u1 blue, u1 red, u2 blue, u2 red
+        u1, u2 = u[:, 0] * (1 - red) + u[:, 1] * red, u[:, 2] * (1 - red) + u[:, 3] * red
         fgs1 = self.is_fgs1[None, :, None]
-        return (torch.where(fgs1, shared[:, 4, None, None], u1), torch.where(fgs1, shared[:, 5, None, None], u2))
+        return (torch.where(fgs1, shared[:, U_FGS1, None, None], u1),
+                torch.where(fgs1, shared[:, U_FGS1 + 1, None, None], u2))
 
     def _separation(self, shared: torch.Tensor):
         """z (B, 2, T) for FGS1 and AIRS, and its derivatives in t0, a/Rs and b^2.
