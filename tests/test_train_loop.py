@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -101,9 +102,65 @@ def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path):
     _assert_same_weights(model, plain, exact=False)
 
 
-def test_oom_at_a_micro_batch_of_one_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="micro-batch of 1 does not fit"):
-        _train(tmp_path, lambda: OomAbove(limit=0), batch_size=4)
+def test_oom_at_a_micro_batch_of_one_stops_the_run_with_a_checkpoint(tmp_path):
+    _, summary, run_dir = _train(tmp_path, lambda: OomAbove(limit=0), batch_size=4)
+    assert summary["stop_reason"] == "oom" and summary["status"] == "stopped"
+    assert "a micro-batch of 1 does not fit" in summary["message"]
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["global_step"] == 0
+
+
+class OomInEval(ToyModel):
+    """Fits any training micro-batch, but validation runs out of memory above `limit` samples."""
+
+    def __init__(self, limit: int):
+        super().__init__(dropout=0.0)
+        self.limit = limit
+
+    def forward(self, batch):
+        if not self.training and batch["x"].shape[0] > self.limit:
+            raise torch.OutOfMemoryError("fake OOM in validation")
+        return super().forward(batch)
+
+
+def test_oom_in_validation_halves_the_micro_batch_and_validates_every_sample(tmp_path):
+    _, summary, run_dir = _train(tmp_path, lambda: OomInEval(limit=2), name="oom", batch_size=8)
+    _, plain, plain_dir = _train(tmp_path, lambda: ToyModel(dropout=0.0), name="plain", batch_size=8)
+    assert summary["stop_reason"] == "max_epochs" and summary["micro_batch"] == 2
+    assert [e["micro_batch"] for e in _events(run_dir, "oom")] == [4, 2]
+
+    def val_losses(folder):
+        lines = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+        return [r["val/loss"] for r in lines if "val/loss" in r]
+
+    torch.testing.assert_close(val_losses(run_dir), val_losses(plain_dir), rtol=1e-5, atol=1e-6)
+
+
+class FlakyAdam(torch.optim.Adam):
+    """Adam whose first `failures` steps run out of memory, as allocating its state can."""
+
+    def __init__(self, params, lr: float, failures: int):
+        super().__init__(params, lr=lr)
+        self.failures = failures
+
+    def step(self, closure=None):
+        if self.failures:
+            self.failures -= 1
+            raise torch.OutOfMemoryError("fake OOM allocating Adam's state")
+        return super().step(closure)
+
+
+def test_an_oom_in_the_first_optimizer_step_is_retried_once(tmp_path):
+    flaky, summary, _ = _train(tmp_path, name="flaky", optimizer=functools.partial(FlakyAdam, lr=1e-2, failures=1))
+    plain, _, _ = _train(tmp_path, name="plain")
+    assert summary["stop_reason"] == "max_epochs"
+    _assert_same_weights(flaky, plain)
+
+
+def test_an_optimizer_state_that_never_fits_stops_the_run_before_its_first_step(tmp_path):
+    _, summary, run_dir = _train(tmp_path, optimizer=functools.partial(FlakyAdam, lr=1e-2, failures=99))
+    assert summary["stop_reason"] == "oom" and "optimizer's state does not fit" in summary["message"]
+    assert summary["global_step"] == 0
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["position"] == 0
 
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path):

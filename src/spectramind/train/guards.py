@@ -18,7 +18,7 @@ import torch
 GIB = 2**30
 
 # Stop reasons raised by guards, by priority: under DDP the ranks agree on the highest code.
-GUARD_REASONS = ("", "nonfinite", "time_budget", "host_memory", "disk", "signal")
+GUARD_REASONS = ("", "nonfinite", "time_budget", "host_memory", "disk", "oom", "signal")
 
 
 def reason_code(reason: str) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch.utils.data import Subset
 
 from spectramind.config.settings import Trainer as TrainerSettings
+from spectramind.errors import ConfigError
 from spectramind.train import guards
 from spectramind.train.distributed import Dist
 from spectramind.train.trainer import Trainer
@@ -38,6 +39,8 @@ def measure(model, loss_fn, train_set, val_set, trainer: TrainerSettings, *, opt
         for _ in range(min(WARMUP_STEPS + steps, math.ceil(len(order) / trainer.effective_batch))):
             begin = time.perf_counter()
             batches, _ = loop.step(order, batches, log=False)
+            if loop.out_of_memory:  # a plan has no run to stop: the configured run cannot fit
+                raise ConfigError(f"trainer.batch_size: {loop.message}")
             times.append(time.perf_counter() - begin)
         val_batch_s = _time_validation(loop) if val_set is not None else 0.0
         host_gib = max(loop.host.peak, loop.host.rss()) / guards.GIB

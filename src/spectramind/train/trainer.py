@@ -117,7 +117,10 @@ class Trainer:
         self.net = torch.compile(self.model) if cfg.compile else self.model
         if dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            # The buffers are constants (wavelength grids); broadcasting them in every forward would be a
+            # collective that a rank's OOM mid-step leaves unmatched.
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids,
+                                                             broadcast_buffers=False)
         self.loss_fn = loss_fn
         if cfg.max_samples is not None and cfg.max_samples < len(train_set):
             train_set = Subset(train_set, range(cfg.max_samples))
@@ -137,6 +140,7 @@ class Trainer:
         self.ckpt_bytes = 0
         self.metrics = MetricsLog(run_dir, enabled=dist.main)
         self.message = ""
+        self.out_of_memory = False  # nothing fits any more, even a micro-batch of 1: the run stops ('oom')
 
     # ----------------------------------------------------------------------------------------- set-up
     def _precision(self, precision: str) -> tuple[torch.dtype | None, bool]:
@@ -203,11 +207,16 @@ class Trainer:
         while True:
             try:
                 loss, parts = self._accumulate(batches, group, log)
-                break
+                oom = False
             except torch.OutOfMemoryError:
-                pass  # leave the except block first so the traceback's tensors can be freed
-            self._shrink()
+                oom = True  # leave the except block first so the traceback's tensors can be freed
+            # Every rank takes the same decision: one rank's OOM replays the step on all, at the same size.
+            if not agree_max([int(oom)], self.dist, self.device)[0]:
+                break
+            if not self._shrink():
+                return batches, None
             batches = self.batches(order, self.p.position, self.p.epoch)
+        self._average_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         loss_v, norm_v = self._read_and_clip(loss)
@@ -218,8 +227,10 @@ class Trainer:
         if self.scaler is not None:
             overflow = self._scaler_step(finite)
         elif finite:
-            self.optimizer.step()
+            self._optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.out_of_memory:  # the step was not taken: the run stops on the boundary before it
+            return batches, None
         self.p.position += group
         self.p.global_step += 1
         if finite:
@@ -243,12 +254,42 @@ class Trainer:
         scaler skipped a finite-loss step for inf/NaN gradients, which it says only by lowering its scale."""
         before = self.scaler.get_scale()
         if finite:
-            self.scaler.step(self.optimizer)
+            self._optimizer_step()
         self.scaler.update()
         self.loss_scale = self.scaler.get_scale()
         overflow = finite and self.loss_scale < before
         self.p.overflow_skipped += overflow
         return overflow
+
+    def _optimizer_step(self) -> None:
+        """optimizer.step(), through the GradScaler when there is one. Adam allocates its state on the first
+        step: an OOM there is retried once with the allocator's cache emptied, then stops the run ('oom')."""
+        step = (lambda: self.scaler.step(self.optimizer)) if self.scaler is not None else self.optimizer.step
+        for attempt in range(2):
+            try:
+                step()
+                return
+            except torch.OutOfMemoryError:
+                pass
+            _free_memory(self.device)
+            if attempt:
+                self.out_of_memory = True
+                self.message = (f"the optimizer's state does not fit in memory on {self.device} (budget "
+                                f"{self.cfg.budgets.gpu_memory_gib} GiB); expected a smaller model or a larger "
+                                "trainer.budgets.gpu_memory_gib")
+
+    def _average_gradients(self) -> None:
+        """Average the gradients over ranks in one all-reduce, once every rank has fitted its share.
+
+        DDP's own reduction runs inside backward and cannot be taken back when one rank runs out of memory
+        mid-step (the others would wait in it for ever), so every micro-batch runs under no_sync.
+        """
+        if self.dist.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = all_sum(torch.cat([g.reshape(-1) for g in grads]), self.dist) / self.dist.world
+        for p, g in zip(self.params, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p)
 
     def _accumulate(self, batches: Iterator[Batch], group: int, log: bool):
         """Forward and backward over micro-batches until `group` samples; the loss is their sample mean."""
@@ -259,8 +300,7 @@ class Trainer:
             batch = self._to_device(next(batches))
             n = batch["target"].shape[0]
             weight = n / group
-            sync = seen + n >= group or self.dist.world == 1
-            with contextlib.nullcontext() if sync else self.net.no_sync():
+            with self.net.no_sync() if self.dist.world > 1 else contextlib.nullcontext():
                 with self._autocast():
                     mu, sigma = self.net(batch)
                 loss, parts = self.loss_fn(mu.float(), sigma.float(), batch["target"])
@@ -291,25 +331,28 @@ class Trainer:
                 torch.nn.utils.clip_grad_value_(self.params, clip.value, foreach=True)
         return values[0], total
 
-    def _shrink(self) -> None:
-        """After an OOM: free, halve the micro-batch; the effective batch (samples per step) stays."""
+    def _shrink(self) -> bool:
+        """After an OOM: free, halve the micro-batch; the effective batch (samples per step) stays.
+
+        False at a micro-batch of 1: nothing smaller can be tried, and the run stops ('oom')."""
         self.optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        _free_memory(self.device)
         if self.p.micro_batch == 1:
-            raise ConfigError(f"trainer.batch_size: a micro-batch of 1 does not fit in memory on "
-                              f"{self.device} (budget {self.cfg.budgets.gpu_memory_gib} GiB); expected a "
-                              "smaller model or a larger trainer.budgets.gpu_memory_gib")
+            self.out_of_memory = True
+            self.message = (f"a micro-batch of 1 does not fit in memory on {self.device} (budget "
+                            f"{self.cfg.budgets.gpu_memory_gib} GiB); expected a smaller model or a larger "
+                            "trainer.budgets.gpu_memory_gib")
+            return False
         self.p.micro_batch //= 2
         self.p.oom_events += 1
         accumulation = math.ceil(self.cfg.effective_batch / self.p.micro_batch)
         self._emit("oom", step=self.p.global_step, micro_batch=self.p.micro_batch, accumulation=accumulation)
+        return True
 
     # ----------------------------------------------------------------------------------------- guards
     def _guard(self) -> str:
         """The stop reason before the next step ('' to go on), agreed by all ranks."""
-        reason = ""
+        reason = "oom" if self.out_of_memory else ""
         if self.nonfinite.consecutive >= self.nonfinite.limit:
             reason = "nonfinite"
         if self.loss_scale < self.cfg.budgets.min_loss_scale:  # fp16 cannot hold these gradients any more
@@ -325,8 +368,10 @@ class Trainer:
         if signals.requested():
             reason = "signal"
             self.message = f"received {signals.requested()}"
-        code = agree_max([guards.reason_code(reason)], self.dist, self.device)[0]
-        return guards.GUARD_REASONS[code]
+        agreed = guards.GUARD_REASONS[agree_max([guards.reason_code(reason)], self.dist, self.device)[0]]
+        if agreed != reason:  # this rank stops for another's reason: say so in its summary
+            self.message = f"{agreed} on another rank"
+        return agreed
 
     # ----------------------------------------------------------------------------------------- epochs
     def train_epoch(self, bar) -> str:
@@ -368,6 +413,8 @@ class Trainer:
             start = time.time()
             metrics = self.validate()
             self.clock.val_s = time.time() - start
+            if self.out_of_memory:
+                return "oom"
         improved, stop = self._early_stopping(metrics)
         self._schedule(metrics)
         n = len(self.order(self.p.epoch))
@@ -381,10 +428,31 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Sample-weighted mean loss and parts over the validation split (all ranks summed)."""
+        """Sample-weighted mean loss and parts over the validation split (all ranks summed).
+
+        An OOM on any rank halves the micro-batch on all of them and validates again; {} when even a
+        micro-batch of 1 does not fit (the run then stops, 'oom')."""
         self.model.eval()
         order = list(DistributedSampler(self.val_set, num_replicas=self.dist.world, rank=self.dist.rank,
                                         shuffle=False))
+        while True:
+            try:
+                names, sums = self._validation_sums(order)
+                oom = False
+            except torch.OutOfMemoryError:
+                oom = True
+            if not agree_max([int(oom)], self.dist, self.device)[0]:
+                break
+            if not self._shrink():
+                self.model.train()
+                return {}
+        self.model.train()
+        if sums is None:
+            return {}
+        return dict(zip(["val/loss", *(f"val/{k}" for k in names)], _mean(sums, self.dist), strict=True))
+
+    def _validation_sums(self, order: list[int]) -> tuple[list[str], torch.Tensor | None]:
+        """This rank's sums of loss x n, parts x n and n over `order`, at the current micro-batch."""
         chunks = [order[i:i + self.p.micro_batch] for i in range(0, len(order), self.p.micro_batch)]
         names: list[str] = []
         sums = None
@@ -398,10 +466,7 @@ class Trainer:
             row = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in names),
                                torch.ones((), device=self.device)]) * n
             sums = row if sums is None else sums + row
-        self.model.train()
-        if sums is None:
-            return {}
-        return dict(zip(["val/loss", *(f"val/{k}" for k in names)], _mean(sums, self.dist), strict=True))
+        return names, sums
 
     def _early_stopping(self, metrics: dict) -> tuple[bool, bool]:
         """(improved, stop) from the monitored metric; tracks best.pt even when early stopping is off."""
@@ -536,6 +601,12 @@ def _started(loader: DataLoader) -> Iterator[Batch]:
     at a step boundary and ends them itself instead of finding them dead at the next batch."""
     with signals.deferred():
         return iter(loader)
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _mean(sums: torch.Tensor, dist: Dist) -> list[float]:
