@@ -47,3 +47,21 @@ def make_settings(*overrides: str):
     from spectramind.config.stage import load
 
     return load(list(overrides))[1]
+
+
+# The fault-injection suite's summary line: trials marked `fault` survived, bad inputs (`bad_input`) clean.
+_TALLY = {"fault": [0, 0], "bad_input": [0, 0]}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        for marker, tally in _TALLY.items():
+            if marker in report.keywords and not report.skipped:
+                tally[0] += report.passed
+                tally[1] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    (survived, faults), (clean, inputs) = _TALLY["fault"], _TALLY["bad_input"]
+    if faults or inputs:
+        terminalreporter.write_line(f"faults: {survived}/{faults} survived; bad inputs: {clean}/{inputs} clean")

@@ -30,3 +30,62 @@ def test_config_show_applies_group_and_key_overrides(cli, tmp_path):
     cfg = yaml.safe_load(result.stdout)
     assert cfg["trainer"]["name"] == "ci_fast" and cfg["trainer"]["max_epochs"] == 3
     assert cfg["trainer"]["batch_size"] == 8
+
+
+def _root_groups() -> dict[str, list[str]]:
+    """group -> its options, straight from the shipped YAML files (the root config's choice first)."""
+    from spectramind.config.compose import config_dir
+
+    root = yaml.safe_load((config_dir() / "config.yaml").read_text())
+    picks = [e for e in root["defaults"] if isinstance(e, dict)]
+    chosen = {k: v if isinstance(v, list) else [v] for e in picks for k, v in e.items()}
+    files = {g: sorted(p.stem for p in (config_dir() / g).glob("*.yaml")) for g in chosen}
+    return {g: [*chosen[g], *(o for o in files[g] if o not in chosen[g])] for g in chosen}
+
+
+def test_help_of_the_app_and_of_each_command_lists_the_config_groups_and_options(cli):
+    expected = _root_groups()
+    assert expected["trainer"][0] == "defaults" and {"ci_fast", "kaggle_safe", "ablation"} <= set(expected["trainer"])
+    for args in (["--help"], ["train", "--help"], ["predict", "--help"], ["config", "show", "--help"]):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        for group, options in expected.items():
+            assert f"    {group}: {' | '.join(options)}\n" in result.stdout, (args, group)
+    assert "Config groups" not in cli("kaggle", "bundle", "--help").stdout  # takes no overrides
+
+
+def test_config_groups_gives_each_option_its_first_comment_line(cli):
+    from spectramind.config.compose import config_dir
+
+    result = cli("config", "groups")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for group, options in _root_groups().items():
+        for i, option in enumerate(options):
+            first = (config_dir() / group / f"{option}.yaml").read_text().splitlines()[0].lstrip("# ")
+            row = next(line for line in lines if line[2:].startswith(f"{group}={option} "))
+            assert row.startswith("*" if i == 0 else " ") and row.endswith(first), row
+
+
+def test_config_show_keeps_interpolations_and_resolve_gives_the_values(cli, tmp_path):
+    shown = yaml.safe_load(cli("config", "show", "trainer.max_epochs=3", cwd=tmp_path).stdout)
+    assert shown["scheduler"]["max_epochs"] == "${trainer.max_epochs}"
+    assert shown["trainer"]["log_every_s"] == "${log_every_s}"
+    resolved = cli("config", "show", "--resolve", "trainer.max_epochs=3", cwd=tmp_path)
+    assert resolved.returncode == 0, resolved.stderr
+    values = yaml.safe_load(resolved.stdout)
+    assert values["scheduler"]["max_epochs"] == 3 and values["trainer"]["log_every_s"] == values["log_every_s"]
+    assert cli("config", "show", "trainer.max_epochs=0").returncode == 2  # validated either way
+
+
+def test_shell_completion_completes_commands(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "spectramind"
+    env = {**os.environ, "_SPECTRAMIND_COMPLETE": "complete_bash", "COMP_WORDS": "spectramind con", "COMP_CWORD": "1"}
+    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["config"], done.stderr
+    assert "--install-completion" in subprocess.run([str(script), "--help"], capture_output=True, text=True).stdout

@@ -6,8 +6,7 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+import polars as pl
 import pytest
 from test_data_format import write_tiny_visit
 
@@ -115,12 +114,11 @@ def test_nan_frames_and_wrong_shapes_leave_no_store(cli, tmp_path, damage, fragm
     if damage == "nan_frames":  # a signal that went through floats with a missing value
         values = np.full((4, 32 * 356), 7.0)
         values[1, 5] = np.nan
-        pq.write_table(pa.table(list(values.T), names=[f"column_{i}" for i in range(32 * 356)]),
-                       folder / "AIRS-CH0_signal_0.parquet")
+        frame = pl.DataFrame({f"column_{i}": c for i, c in enumerate(values.T)})
+        frame.write_parquet(folder / "AIRS-CH0_signal_0.parquet")
     else:
         values = np.zeros((4, 1000), np.uint16)
-        pq.write_table(pa.table(list(values.T), names=[f"column_{i}" for i in range(1000)]),
-                       folder / "FGS1_signal_0.parquet")
+        pl.DataFrame({f"column_{i}": c for i, c in enumerate(values.T)}).write_parquet(folder / "FGS1_signal_0.parquet")
     assert_one_line_error(calibrate(cli, tmp_path, root), *fragments)
     assert_no_store(tmp_path)
 

@@ -4,8 +4,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+import polars as pl
 import pytest
 
 from spectramind.data import ariel_format as af
@@ -98,7 +97,7 @@ def test_bad_files_raise_data_error_naming_the_file(tmp_path, damage, message):
     elif damage == "nan_frames":
         values = np.full((4, 32 * 356), 7.0)
         values[1, 5] = np.nan
-        pq.write_table(pa.table(list(values.T), names=[f"column_{i}" for i in range(32 * 356)]), signal)
+        pl.DataFrame({f"column_{i}": c for i, c in enumerate(values.T)}).write_parquet(signal)
     elif damage == "wrong_map_shape":
         af.write_map(folder / "AIRS-CH0_calibration_0" / "flat.parquet", np.ones((31, 356)))
     visit = af.list_visits(tmp_path, "train")[0]
@@ -134,9 +133,7 @@ def test_float_column_outside_the_pixels_read_is_still_refused(tmp_path):
     write_tiny_visit(folder)
     values = np.full((4, 32 * 32), 7.0)
     values[2, 1000] = np.inf  # pixel (31, 8): outside the rows and columns read below
-    pq.write_table(
-        pa.table(list(values.T), names=[f"column_{i}" for i in range(32 * 32)]), folder / "FGS1_signal_0.parquet"
-    )
+    pl.DataFrame({f"column_{i}": c for i, c in enumerate(values.T)}).write_parquet(folder / "FGS1_signal_0.parquet")
     visit = af.list_visits(tmp_path, "train")[0]
     with pytest.raises(DataError, match="column_1000 holds NaN or inf values"):
         af.read_signal(visit, "FGS1", pixels=(np.arange(10, 22), np.arange(10, 22)))

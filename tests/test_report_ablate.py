@@ -45,6 +45,16 @@ def test_joblib_launcher_runs_every_job_in_its_own_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "3", "5"]
 
 
+def test_one_point_at_a_time_needs_no_launcher_plugin(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "_installed", lambda module: False)  # hydra-joblib-launcher not installed
+    settings = launch.launcher_overrides([], tmp_path, 1)
+    assert not any(o.startswith("hydra/launcher=") for o in settings)
+    assert launch.launch(operator.attrgetter("job"), [0, 2], settings) == [0, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "2"]
+    with pytest.raises(ConfigError, match=r"--parallel 2: needs Hydra's joblib launcher.*spectramind\[joblib\]"):
+        launch.launcher_overrides([], tmp_path, 2)
+
+
 def test_unknown_launcher_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="launcher"):
         settings = launch.launcher_overrides(["hydra/launcher=nope"], tmp_path, 1)

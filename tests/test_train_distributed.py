@@ -12,9 +12,11 @@ from test_train_fixtures import toy_script
 
 DDP_SCRIPT = """
 import json, os, signal, torch
+from pathlib import Path
 from test_train_fixtures import OomAbove, ToyDataset, ToyModel, adam, gll, trainer_cfg
 from spectramind.logs import EventLog
 from spectramind.train import distributed
+from spectramind.train.metrics import JsonLines
 from spectramind.train.trainer import fit
 
 out = {out!r}
@@ -34,7 +36,7 @@ torch.manual_seed(0)
 model = OomAbove(limit={oom_above}, spared=1) if dist.rank == 1 else ToyModel(dropout=0.0)
 summary = fit(model, loss, ToyDataset(64), ToyDataset(16, seed=1), trainer_cfg(max_epochs=2, batch_size=4,
               accumulate_grad_batches=2), run_dir=out + "/run", optimizer=adam(), seed=3,
-              events=EventLog(out + "/run"), dist=dist)
+              events=EventLog(out + "/run"), dist=dist, loggers=[JsonLines(Path(out) / "run" / "metrics.jsonl")])
 torch.save(model.state_dict(), f"{{out}}/rank{{dist.rank}}.pt")
 with open(f"{{out}}/summary{{dist.rank}}.json", "w") as f:
     json.dump(summary, f)

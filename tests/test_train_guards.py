@@ -20,8 +20,10 @@ from spectramind.train.guards import NonFinite, TimeBudget
 # A job of about `steps` x `sleep_s`: each forward sleeps, as a slow model on a slow machine would.
 JOB = """
 import time, torch
+from pathlib import Path
 from test_train_fixtures import ToyDataset, ToyModel, adam, gll, trainer_cfg
 from spectramind.logs import EventLog
+from spectramind.train.metrics import JsonLines
 from spectramind.train.setup import started_at
 from spectramind.train.trainer import fit
 
@@ -34,7 +36,8 @@ run_dir = {run_dir!r}
 summary = fit(Slow(), gll, ToyDataset({n}), ToyDataset(8, seed=1),
               trainer_cfg(max_epochs=1, batch_size=4, budgets={{"time_min": {time_min}}},
                           loader={{"num_workers": {workers}}}),
-              run_dir=run_dir, optimizer=adam(), events=EventLog(run_dir), started_at=started_at())
+              run_dir=run_dir, optimizer=adam(), events=EventLog(run_dir), started_at=started_at(),
+              loggers=[JsonLines(Path(run_dir) / "metrics.jsonl")])
 print("SUMMARY", summary["stop_reason"], flush=True)
 """
 

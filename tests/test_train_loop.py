@@ -15,6 +15,7 @@ from test_train_fixtures import OomAbove, ToyDataset, ToyModel, adam, gll, train
 from spectramind.errors import ConfigError
 from spectramind.logs import EventLog
 from spectramind.train import checkpoint, guards
+from spectramind.train.metrics import JsonLines
 from spectramind.train.trainer import Trainer, fit
 
 
@@ -23,7 +24,8 @@ def _train(tmp_path, make=ToyModel, loss=gll, n=60, name="run", optimizer=None, 
     model = make()
     run_dir = tmp_path / name
     summary = fit(model, loss, ToyDataset(n), ToyDataset(16, seed=1), trainer_cfg(**cfg), run_dir=run_dir,
-                  optimizer=optimizer or adam(), seed=7, events=EventLog(run_dir))
+                  optimizer=optimizer or adam(), seed=7, events=EventLog(run_dir),
+                  loggers=[JsonLines(run_dir / "metrics.jsonl")])
     return model, summary, run_dir
 
 

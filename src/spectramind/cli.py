@@ -6,6 +6,8 @@ the commands that use them so that `--help` stays fast.
 
 from __future__ import annotations
 
+import errno
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -13,18 +15,24 @@ from typing import Annotated
 
 import typer
 
-from spectramind import __version__, signals
+from spectramind import __version__, progress, signals
+from spectramind.config import groups
+
+GROUPS_HELP = groups.help_text()  # read from the shipped configs/, so a new option shows up by itself
 
 app = typer.Typer(
     help="SpectraMind: Ariel raw frames to calibrated light curves to a scored submission.csv.",
+    epilog=GROUPS_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Show, validate and hash the resolved configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Show, validate and hash the resolved configuration; list the config groups.",
+                         no_args_is_help=True)
 app.add_typer(config_app, name="config")
-kaggle_app = typer.Typer(help="Prepare the offline Kaggle notebook run.", no_args_is_help=True)
+kaggle_app = typer.Typer(help="The offline Kaggle dataset and notebooks, and the submission notebook's work.",
+                         no_args_is_help=True)
 app.add_typer(kaggle_app, name="kaggle")
 
 Overrides = Annotated[
@@ -56,11 +64,23 @@ Params = Annotated[str | None, typer.Option(
 
 
 @config_app.command("show")
-def config_show(overrides: Overrides = None) -> None:
-    """Print the resolved config as YAML."""
+def config_show(
+    overrides: Overrides = None,
+    resolve: Annotated[bool, typer.Option("--resolve", help="Resolve interpolations (${trainer.max_epochs}) to "
+                                          "the values a run sees.")] = False,
+) -> None:
+    """Print the composed config as YAML (validated; interpolations as written unless --resolve)."""
+    from spectramind.config.compose import compose
     from spectramind.config.stage import load
 
-    typer.echo(_yaml(load(overrides or [])[0]), nl=False)
+    resolved = load(overrides or [])[0]
+    typer.echo(_yaml(resolved if resolve else compose(overrides or [], resolve=False)), nl=False)
+
+
+@config_app.command("groups")
+def config_groups() -> None:
+    """List every option of every config group, each with the first comment line of its YAML."""
+    typer.echo(groups.listing(), nl=False)
 
 
 @config_app.command("validate")
@@ -133,6 +153,7 @@ def train(
 
 
 def _train(cfg: dict, s, overrides: list[str], params: str | None, plan: bool) -> None:
+    from spectramind import files
     from spectramind.config import runhash
     from spectramind.config.stage import run_hash
     from spectramind.pipeline import input_fingerprint
@@ -160,7 +181,11 @@ def _train(cfg: dict, s, overrides: list[str], params: str | None, plan: bool) -
         return
 
     def work(stage) -> dict:
-        summary = setup.train(stage.settings, stage.run_dir, stage.run_hash, stage.events)
+        # Two commands on one run: the second waits, then finds the run complete or resumes where it stopped.
+        with files.locked(stage.run_dir / "train",
+                          waiting=lambda: typer.echo("train: another process is training this run; waiting for it",
+                                                     err=True)):
+            summary = setup.train(stage.settings, stage.run_dir, stage.run_hash, stage.events)
         typer.echo(f"train: {summary['status']}, {setup.summary_line(summary)} in {stage.run_dir}")
         return {"status": summary["status"], "stop_reason": summary["stop_reason"], "epochs": summary["epochs"],
                 "best_metric": summary["best_metric"]["value"], "wall_time_s": summary["wall_time_s"]}
@@ -253,6 +278,21 @@ def evaluate(overrides: Overrides = None, params: Params = None) -> None:
 
 
 @app.command()
+def export(
+    overrides: Overrides = None,
+    out: Annotated[str, typer.Argument(help="A new folder to write the model into.", show_default=False)] = ...,
+) -> None:
+    """Write a training run (`run=<run folder|hash|latest>`) as a self-contained model folder, which
+    `spectramind predict run=OUT` loads on a machine that has never seen the run."""
+    from spectramind.config.stage import load
+    from spectramind.evaluate.export import export as export_run
+
+    done = export_run(load(_run_override(overrides))[1], out)
+    typer.echo(f"export: run {done['run']} ({done['model']}) -> {done['out']}; predict with "
+               f"`spectramind predict run={done['out']} {' '.join(done['overrides'])}`")
+
+
+@app.command()
 def doctor(
     overrides: Overrides = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -269,26 +309,48 @@ def doctor(
 
 @kaggle_app.command("bundle")
 def kaggle_bundle(
-    outdir: Annotated[str, typer.Argument(help="A new folder to write the dataset and kernel into.")],
+    outdir: Annotated[str, typer.Argument(help="A new folder to write the dataset and notebooks into.")],
     owner: Annotated[str, typer.Option(envvar="KAGGLE_USERNAME", show_default=False,
-                                       help="Kaggle user owning the dataset and kernel.")],
-    slug: Annotated[str, typer.Option(help="The dataset's slug.")] = "spectramind-wheels",
-    package: Annotated[list[str] | None, typer.Option(
-        show_default=False, help="A dependency to ship as a wheel (repeat; replaces the default list: "
-        "hydra-core, omegaconf, antlr4-python3-runtime, hydra-joblib-launcher, typer, annotated-doc, shellingham, "
-        "xxhash).")] = None,
+                                       help="Kaggle user owning the dataset and notebooks.")],
+    model: Annotated[str | None, typer.Option(help="An exported model folder (`spectramind export`) to ship "
+                                                   "in the dataset.", show_default=False)] = None,
+    slug: Annotated[str, typer.Option(help="The dataset's slug.")] = "spectramind",
     python_version: Annotated[str, typer.Option(help="Kaggle's Python, for binary wheels.")] = "3.11",
     source: Annotated[str | None, typer.Option(help="The source checkout to build spectramind from.",
                                                   show_default=False)] = None,
 ) -> None:
-    """Write a Kaggle dataset of wheels and an offline notebook that trains and predicts."""
-    from spectramind.kaggle.bundle import DEFAULT_WHEELS, bundle
+    """Write a Kaggle dataset (wheels of spectramind and every dependency but torch, and the exported model)
+    plus two offline notebooks: the submission (inference only) and an optional training one."""
+    from spectramind.kaggle.bundle import bundle
 
-    done = bundle(outdir, owner, slug, tuple(package or DEFAULT_WHEELS), python_version, source)
+    done = bundle(outdir, owner, slug, python_version, source, model)
     for wheel in done["wheels"]:
         typer.echo(f"wheel: {wheel}")
-    typer.echo(f"bundle: {done['outdir']}; upload with `kaggle datasets create -p {done['outdir']}`, "
-               f"then `kaggle kernels push -p {done['outdir']}/kernel`")
+    out = done["outdir"]
+    typer.echo(f"bundle: {out}; upload with `kaggle datasets create -p {out}`, then `kaggle kernels push -p "
+               f"{out}/submission` (and `-p {out}/training` to train on Kaggle)")
+
+
+@kaggle_app.command("submit")
+def kaggle_submit(
+    overrides: Overrides = None,
+    started: Annotated[float | None, typer.Option(help="When the notebook started (seconds since the epoch): "
+                                                       "the time limit counts from there.",
+                                                  show_default="now")] = None,
+    chunk_planets: Annotated[int, typer.Option(help="Test planets per chunk (one predict command each).")] = 100,
+    reserve_min: Annotated[float, typer.Option(help="Minutes kept before trainer.budgets.time_min for the "
+                                                    "notebook's own end.")] = 10.0,
+) -> None:
+    """The submission notebook's work: predict.out with naive rows at once, then the physics fit's, then the
+    model's (`run=`), chunk by chunk over test/ while the time limit allows."""
+    import time
+
+    from spectramind.kaggle.submit import submit
+
+    done = submit(_run_override(overrides), time.time() if started is None else started, chunk_planets,
+                  reserve_min, echo=typer.echo)
+    rows = ", ".join(f"{n} {k}" for k, n in done["rows"].items())
+    typer.echo(f"submit: {done['planets']} planets ({rows}) in {done['elapsed_s']} s -> {done['submission']}")
 
 
 ABLATE_EPILOG = (
@@ -383,6 +445,7 @@ def _run_stage(command: str, overrides: list[str], params: str | None, work, use
     from spectramind.pipeline import input_fingerprint
 
     cfg, s = load(overrides, params)
+    progress.configure(s.log_every_s)
     if command in ("predict", "evaluate"):
         from spectramind.evaluate.predict import require_run
 
@@ -416,13 +479,26 @@ def _yaml(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+# Each command that takes overrides lists the config groups under its own help too.
+for _command in (*app.registered_commands, *config_app.registered_commands):
+    if "overrides" in inspect.signature(_command.callback).parameters:
+        _command.epilog = "\n\n".join(filter(None, (_command.epilog, GROUPS_HELP)))
+
+
+# An unwritable place is the config's to fix (exit 2); a full disk, the data's (exit 3).
+OS_EXIT_CODES = {errno.EACCES: 2, errno.EPERM: 2, errno.EROFS: 2, errno.ENOSPC: 3, errno.EDQUOT: 3, errno.EFBIG: 3}
+
+
 def main() -> None:
     from spectramind.errors import SpectraMindError
 
     try:
         app()
-    except SpectraMindError as e:
-        if os.environ.get("SPECTRAMIND_DEBUG") == "1" or "--debug" in sys.argv:
+    except (SpectraMindError, OSError) as e:
+        code = e.exit_code if isinstance(e, SpectraMindError) else OS_EXIT_CODES.get(e.errno)
+        if code is None or os.environ.get("SPECTRAMIND_DEBUG") == "1" or "--debug" in sys.argv:
             raise
-        typer.echo(f"error: {e}" if e.exit_code else str(e), err=True)  # exit 0: a clean stop
-        sys.exit(e.exit_code)
+        if isinstance(e, OSError):  # where the outputs go cannot be written: the path and the reason
+            e = f"{e.filename or 'an output file'}: {e.strerror} (check paths.output_dir: permissions, free space)"
+        typer.echo(f"error: {e}" if code else str(e), err=True)  # exit 0: a clean stop
+        sys.exit(code)

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
+
+from spectramind.errors import DataError
 
 
 @contextlib.contextmanager
@@ -46,16 +49,49 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock on `path`.lock, held for the block (serialises read-modify-write)."""
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` (which must be absent or empty); rename it to `path` only if
+    the block succeeds, so a failure leaves no folder that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; results are meant to be shared
+        if path.exists():
+            path.rmdir()
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive advisory lock on `path`.lock, held for the block (serialises read-modify-write).
+
+    `waiting()` is called once when another process holds the lock, before waiting for it."""
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def require_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
+    """Raise DataError when the disk under `folder` has less than `needed_bytes` free for `what`."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise DataError(f"{folder}: the disk is full ({free / 2**20:.1f} MiB free, {what} needs "
+                        f"{needed_bytes / 2**20:.1f} MiB); free space or set paths.output_dir elsewhere")
 
 
 def read_json(path: str | os.PathLike) -> dict:

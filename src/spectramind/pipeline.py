@@ -36,10 +36,12 @@ def input_fingerprint(command: str, s: Settings) -> str:
         return source_fingerprint(root, FOLDERS, fingerprint_cache(s)) if root.is_dir() else "absent"
     parts = [files.tree_fingerprint(store / H5_NAME)]  # uncached: one file, small beside the raw folder
     if command in ("predict", "evaluate") and s.predict.run is not None:
+        from spectramind.evaluate import export
         from spectramind.evaluate.predict import resolve_run
 
         try:
-            parts.append(resolve_run(s).name)  # the trained run, by its hash
+            folder = resolve_run(s)  # the trained run, by its hash; an exported model, by its content
+            parts.append(export.fingerprint(folder) if export.is_export(folder) else folder.name)
         except Exception:
             parts.append("absent")
     return xxhash.xxh3_64("\n".join(parts).encode()).hexdigest()

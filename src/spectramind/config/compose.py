@@ -18,6 +18,11 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "configs"
 
 
+def options(group: str) -> list[str]:
+    """The options of a config group: the names of its YAML files (none for a folder that is no group)."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
 def leaf_keys(tree: Any, prefix: str = "") -> list[str]:
     """Dotted paths of every key in a nested dict (inner nodes included)."""
     if not isinstance(tree, dict):
@@ -35,8 +40,9 @@ def nearest(key: str, candidates: list[str]) -> str | None:
     return match[0] if match else None
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> dict:
-    """The resolved config as plain dicts and lists; any user mistake becomes a one-line ConfigError."""
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config", resolve: bool = True) -> dict:
+    """The resolved config as plain dicts and lists; any user mistake becomes a one-line ConfigError.
+    resolve=False: interpolations such as ${trainer.max_epochs} as written (`config show`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -52,7 +58,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
             except (HydraException, OmegaConfBaseException) as e:
                 base = hydra_compose(config_name=config_name)
                 raise ConfigError(_override_message(e, overrides, OmegaConf.to_container(base))) from e
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=resolve)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_first_line(e)) from e
     finally:
@@ -86,9 +92,11 @@ def _override_message(e: Exception, overrides, base: dict) -> str:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     message = _first_line(e)
-    options = getattr(e, "options", None)  # MissingConfigException: the group's valid choices
-    if options:
-        return f"{message} (expected one of: {', '.join(sorted(options))})"
+    choices = getattr(e, "options", None)  # MissingConfigException: the group's valid choices
+    if not choices and message.startswith("In '") and "Could not load '" in message:  # an option in a list
+        choices = options(message.split("Could not load '")[1].split("'")[0].rsplit("/", 1)[0])
+    if choices:
+        return f"{message} (expected one of: {', '.join(sorted(choices))})"
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception:

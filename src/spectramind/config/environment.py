@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-_PACKAGES = ("spectramind", "torch", "numpy", "hydra-core", "omegaconf", "h5py", "pandas", "pyarrow",
+_PACKAGES = ("spectramind", "torch", "numpy", "hydra-core", "omegaconf", "h5py", "pandas", "polars",
              "typer", "jsonschema", "xxhash")
 
 

@@ -20,9 +20,10 @@ from spectramind import files
 
 INDEX_NAME = "run_hash_summary_v50.json"
 
-# Where outputs go and how many processes read data changes nothing about the result.
+# Where outputs go, how many processes read data and how progress and metrics are reported change nothing
+# about the result (a finished run is not trained again to add a TensorBoard log).
 VOLATILE = ("paths", "data.root", "data.store", "data.baseline", "data.num_workers", "trainer.progress_bar",
-            "predict.out", "evaluate.out_dir")
+            "trainer.log_every_s", "log_every_s", "logger", "predict.out", "evaluate.out_dir")
 
 # The sections each command reads: a change elsewhere (say predict.batch_size) must not make a
 # finished training run look new. Commands not listed hash the whole config.

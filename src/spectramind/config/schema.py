@@ -19,6 +19,8 @@ _FRAGMENTS = Path(__file__).with_name("schemas")
 
 _ROOT_PROPERTIES = {
     "seed": {"type": "integer", "minimum": 0, "description": "global random seed"},
+    "log_every_s": {"type": "number", "exclusiveMinimum": 0,
+                    "description": "seconds between plain progress lines off a terminal"},
     "paths": {
         "type": "object",
         "additionalProperties": False,

@@ -180,6 +180,7 @@ class Trainer:
     deterministic: bool
     log_every_n_steps: int
     progress_bar: bool
+    log_every_s: float         # seconds between plain progress lines off a terminal
     loader: Loader
     budgets: Budgets
 
@@ -206,8 +207,47 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class JsonlLog:
+    """No options: always `metrics.jsonl` in the run folder."""
+
+
+@dataclass(frozen=True)
+class TensorBoardLog:
+    """No options: always the run folder's `tensorboard/`."""
+
+
+@dataclass(frozen=True)
+class DvcLiveLog:
+    """No options: always the run folder's `dvclive/`."""
+
+
+@dataclass(frozen=True)
+class MlflowLog:
+    experiment: str
+    tracking_uri: str | None   # None: a file store in the run folder's mlruns/
+
+
+@dataclass(frozen=True)
+class WandbLog:
+    project: str
+    mode: str                  # offline | online | disabled
+
+
+@dataclass(frozen=True)
+class Logger:
+    """The metric backends chosen (`logger=[jsonl,tensorboard]`); None for each one not chosen."""
+
+    jsonl: JsonlLog | None
+    tensorboard: TensorBoardLog | None
+    dvclive: DvcLiveLog | None
+    mlflow: MlflowLog | None
+    wandb: WandbLog | None
+
+
+@dataclass(frozen=True)
 class Settings:
     seed: int
+    log_every_s: float         # seconds between plain progress lines off a terminal (data stages, fit, predict)
     paths: Paths
     data: Data
     model: Target
@@ -218,6 +258,7 @@ class Settings:
     trainer: Trainer
     predict: Predict
     evaluate: Evaluate
+    logger: Logger
 
 
 def build(cfg: dict) -> Settings:
@@ -230,6 +271,8 @@ def _build(cls, value, where: str):
     if cls is Target:
         return Target(target=value["_target_"], params={k: v for k, v in value.items() if k != "_target_"})
     names = [f.name for f in dataclasses.fields(cls)]
+    if cls is Logger and isinstance(value, dict) and set(value) <= set(names):  # a backend is there when chosen
+        value = {n: value.get(n) for n in names}
     if not isinstance(value, dict) or set(value) != set(names):
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
         raise ConfigError(f"{where or '<root>'}: expected the keys {sorted(names)}, got {got}")

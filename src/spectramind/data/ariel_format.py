@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from spectramind import files
 from spectramind.errors import DataError
@@ -155,11 +153,12 @@ def read_adc(root: str | Path) -> dict[str, float]:
 def read_axis_info(root: str | Path) -> dict[str, np.ndarray]:
     """Per-read times (hours) of both instruments, AIRS integration times (s) and column wavelengths (um)."""
     path = Path(root) / "axis_info.parquet"
-    df = _read_table(path).to_pandas()
-    missing = [c for c in AXIS_COLUMNS if c not in df.columns]
+    table = _read_table(path)
+    missing = [c for c in AXIS_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing}")
-    axis = {c: df[c].dropna().to_numpy(np.float64) for c in AXIS_COLUMNS}
+    columns = {c: np.asarray(table.get_column(c).to_numpy(), dtype=np.float64) for c in AXIS_COLUMNS}
+    axis = {c: v[~np.isnan(v)] for c, v in columns.items()}  # the shorter columns are padded (null or NaN)
     if len(axis["AIRS-CH0-axis2-um"]) != WIDTH["AIRS-CH0"]:
         raise DataError(
             f"{path}: AIRS-CH0-axis2-um has {len(axis['AIRS-CH0-axis2-um'])} values, expected 356"
@@ -193,19 +192,13 @@ def read_wavelengths(root: str | Path) -> np.ndarray:
 
 def write_signal(path: Path, raw: np.ndarray) -> None:
     """(N, 32, W) uint16 as the competition stores it: N rows x 32*W uint16 columns `column_<i>`."""
-    columns = np.ascontiguousarray(raw.reshape(raw.shape[0], -1).T)
-    table = pa.table([pa.array(c) for c in columns], names=[f"column_{i}" for i in range(len(columns))])
-    # Statistics, dictionaries and compression cost per column (11,392 of them) and buy nothing for raw reads.
-    _write_table(path, table, compression="none", use_dictionary=False, write_statistics=False)
+    # Statistics and compression cost per column (11,392 of them) and buy nothing for raw reads.
+    _write_table(path, _numbered(raw.reshape(raw.shape[0], -1)), compression="uncompressed", statistics=False)
 
 
 def write_map(path: Path, arr: np.ndarray) -> None:
     """A calibration map (rows x W, linear_corr pre-flattened to 192 x W), zstd like the real files."""
-    arr = arr.reshape(-1, arr.shape[-1])
-    table = pa.table(
-        [pa.array(arr[:, i]) for i in range(arr.shape[1])], names=[f"column_{i}" for i in range(arr.shape[1])]
-    )
-    _write_table(path, table, compression="zstd")
+    _write_table(path, _numbered(arr.reshape(-1, arr.shape[-1])), compression="zstd")
 
 
 def write_axis_info(
@@ -218,7 +211,7 @@ def write_axis_info(
         padded = np.full(n, np.nan)
         padded[: len(values)] = values
         cols[name] = padded
-    _write_table(path, pa.table(cols))
+    _write_table(path, cols)
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -226,9 +219,18 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
         df.to_csv(tmp, index=False)
 
 
-def _write_table(path: Path, table: pa.Table, **kwargs) -> None:
+def _numbered(values: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns of a (rows, columns) array under the competition's names, `column_<i>`."""
+    columns = np.ascontiguousarray(values.T)  # one contiguous copy, instead of one strided copy per column
+    return {f"column_{i}": c for i, c in enumerate(columns)}
+
+
+def _write_table(path: Path, columns: dict[str, np.ndarray], **kwargs) -> None:
+    """Parquet through polars (polars.DataFrame.write_parquet keyword arguments), written atomically."""
+    import polars as pl
+
     with files.atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **kwargs)
+        pl.DataFrame(columns).write_parquet(tmp, **kwargs)
 
 
 def _read_table(path: Path, columns: list | None = None, schema_only: bool = False):

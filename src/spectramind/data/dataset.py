@@ -89,7 +89,7 @@ class LightCurveDataset(Dataset):
             if key not in handle.get("visits", {}):
                 raise DataError(f"{handle.filename}: no group visits/{key}")
             for name, ds in handle["visits"][key].items():
-                item[name] = torch.from_numpy(np.asarray(ds[()]))
+                item[name] = torch.from_numpy(_checked(handle.filename, key, name, np.asarray(ds[()])))
         return item
 
     def __getstate__(self) -> dict:
@@ -100,3 +100,14 @@ class LightCurveDataset(Dataset):
     def __del__(self):
         for handle in getattr(self, "_handles", None) or []:
             handle.close()
+
+
+def _checked(filename: str, key: str, name: str, value: np.ndarray) -> np.ndarray:
+    """A sidecar's baseline as the models may use it: a finite mu, a finite sigma > 0 (a net would
+    otherwise clamp a corrupt sigma into a confident one)."""
+    bad = ~np.isfinite(value) | ((value <= 0) if name.startswith("baseline_sigma") else False)
+    if name.startswith(("baseline_mu", "baseline_sigma")) and bad.any():
+        index = int(np.argmax(bad))
+        raise DataError(f"{filename}: visits/{key}/{name}[{index}] = {value[index]:g}, expected a finite "
+                        f"{'sigma > 0' if 'sigma' in name else 'depth'}; rerun `spectramind fit`")
+    return value

@@ -24,7 +24,7 @@ POLL_S = 0.2          # how often a wait for results looks for a stop request
 
 
 def imap_unordered(
-    fn: Callable, items: list, num_workers: int, label: str, progress: bool = True
+    fn: Callable, items: list, num_workers: int, label: str, progress: bool = True, unit: str = ""
 ) -> Iterator[tuple[int, object]]:
     """Yield (index, fn(item)) as each finishes; in-process when num_workers <= 1.
 
@@ -32,7 +32,7 @@ def imap_unordered(
     A worker's exception (e.g. DataError naming a file) is re-raised here and cancels the rest; a stop
     request (spectramind.signals) raises Stopped between two items, so the consumer is never mid-item.
     """
-    with bar(label, len(items), progress) as advance:
+    with bar(label, len(items), progress, unit) as advance:
         if num_workers <= 1 or len(items) <= 1:
             for i, item in enumerate(items):
                 signals.raise_if_requested()

@@ -144,7 +144,7 @@ def calibrate_folder(
     tasks = [(v, adc, axis, opts, float(star_rows[v.planet_id][-1])) for v in visits]
     replaced = {}  # visit key -> instrument -> CDS values the cosmic-ray pass replaced
     with st.writer(store, attrs) as add:
-        for i, arrays in imap_unordered(_calibrate_one, tasks, num_workers, "calibrate", progress):
+        for i, arrays in imap_unordered(_calibrate_one, tasks, num_workers, "calibrate", progress, "visits"):
             v = visits[i]
             target = (
                 targets.loc[v.planet_id].to_numpy()

@@ -90,7 +90,7 @@ def _build(root: Path, sim: Simulate, seed: int, num_workers: int, progress: boo
                 af.write_map(building / ".detector" / inst / f"{name}.parquet", arr)
         results = [None] * len(planets)
         tasks = [(building, p, detector, sim) for p in planets]
-        for i, result in imap_unordered(_simulate_planet, tasks, num_workers, "simulate", progress):
+        for i, result in imap_unordered(_simulate_planet, tasks, num_workers, "simulate", progress, "planets"):
             results[i] = result
         shutil.rmtree(building / ".detector")
         _write_tables(building, planets, results, sim.airs_reads, sim.fgs1_reads)

@@ -47,6 +47,9 @@ def writer(store: str | Path, attrs: dict) -> Iterator[callable]:
         shapes = set()
 
         def add(planet_id: int, visit: int, arrays: dict, group_attrs: dict) -> None:
+            # HDF5 does not survive a failed write (it can crash closing the file): refuse before it.
+            files.require_free_space(path.parent, sum(np.asarray(arrays[k]).nbytes for k in _ARRAY_KEYS),
+                                     f"visit {visit_key(planet_id, visit)} of the store")
             g = visits.create_group(visit_key(planet_id, visit))
             for key in _ARRAY_KEYS:
                 value = np.asarray(arrays[key])

@@ -78,7 +78,7 @@ def _newest_fitting(s: Settings, index_path: Path) -> Path:
     for _, hash_ in finished:
         folder = runhash.run_dir(index_path.parent, hash_)
         try:
-            differs = _difference(_matched(s), _matched(trained_settings(folder)))
+            differs = difference(_matched(s), _matched(trained_settings(folder)))
             if differs is None:
                 checkpoint.load(checkpoint_path(folder))
                 return folder
@@ -96,12 +96,12 @@ def _matched(s: Settings) -> dict:
     return json.loads(runhash.canonical({"model": model, "data": dataclasses.asdict(s.data)}))
 
 
-def _difference(ours: dict, theirs: dict, where: str = "") -> str | None:
+def difference(ours: dict, theirs: dict, where: str = "") -> str | None:
     """The first dotted key whose value differs, as `key (theirs, here ours)`; None when all are equal."""
     for key in sorted(set(ours) | set(theirs)):
         a, b, dotted = ours.get(key), theirs.get(key), f"{where}.{key}" if where else key
         if isinstance(a, dict) and isinstance(b, dict):
-            found = _difference(a, b, dotted)
+            found = difference(a, b, dotted)
             if found is not None:
                 return found
         elif a != b:
@@ -151,30 +151,77 @@ def build_model(s: Settings, attrs: dict, state: dict | None = None) -> torch.nn
 
 
 def require_run(s: Settings) -> Path | None:
-    """The run folder to predict with (None for the physics fit), checked before any input is built:
-    it resolves, its config passes the schema and the allowlist."""
+    """The run folder (or exported model folder) to predict with (None for the physics fit), checked
+    before any input is built: it resolves, its config passes the schema and the allowlist, and an
+    export's calibration and fit settings are this config's."""
+    from spectramind.evaluate import export
+
     if s.predict.run is None:
         if s.model.target != FIT_TARGET:
             raise ConfigError(f"predict.run: required for model {s.model.target} (a run folder, a run "
-                              "hash or 'latest'); only model=fit predicts without training")
+                              "hash, 'latest' or an exported model folder); only model=fit predicts without training")
         return None
     folder = resolve_run(s)
-    trained_settings(folder)
+    trained = trained_settings(folder)
+    if export.is_export(folder):
+        export.read_meta(folder)
+        export.check_settings(s, folder, trained)
     return folder
 
 
 def load_model(s: Settings, attrs: dict) -> tuple[torch.nn.Module, Settings, dict]:
     """The model to predict with, the settings it was made with, and where it came from: a run's
-    checkpoint (its own settings win over the current ones), or the physics fit, which needs no run."""
+    checkpoint or an export's weights (their own settings win over the current ones, the data's
+    folders aside), or the physics fit, which needs no run."""
+    from spectramind.evaluate import export
     from spectramind.train import checkpoint
 
     folder = require_run(s)
     if folder is None:
         return build_model(s, attrs), s, {"model": FIT_TARGET, "run": None}
     trained = dataclasses.replace(trained_settings(folder), data=s.data)
-    ckpt = checkpoint_path(folder)
+    if export.is_export(folder):
+        export.check_store(folder, attrs)
+        ckpt, state = folder / export.WEIGHTS, {"model": export.load_weights(folder)}
+    else:
+        ckpt = checkpoint_path(folder)
+        state = checkpoint.load(ckpt)
     source = {"model": trained.model.target, "run": str(folder), "checkpoint": str(ckpt)}
-    return build_model(trained, attrs, checkpoint.load(ckpt)), trained, source
+    return build_model(trained, attrs, state), trained, source
+
+
+class _CalibratedBaseline(torch.nn.Module):
+    """A model on the baseline, fed the baseline through the fit's label calibration (`steps`)."""
+
+    def __init__(self, net: torch.nn.Module, steps: list):
+        super().__init__()
+        self.net, self.steps = net, steps
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        from spectramind.models.baseline import apply_steps
+
+        mu, sigma = batch["baseline_mu"], batch["baseline_sigma"]
+        mu_cal, sigma_cal = apply_steps(self.steps, mu.cpu().numpy(), sigma.cpu().numpy())
+        return self.net({**batch, "baseline_mu": torch.from_numpy(mu_cal).to(mu), "baseline_sigma":
+                         torch.from_numpy(sigma_cal).to(sigma)})
+
+
+def _baseline_as_trained(net: torch.nn.Module, trained: Settings, source: dict, sidecars) -> torch.nn.Module:
+    """A model on the baseline was trained on the label-calibrated baseline when its store had the labels
+    for it; a store without them (test/ alone, on Kaggle) has an uncalibrated one, so the calibration the
+    fit learned (an export's copy, else the one in data.baseline) is applied to its inputs instead."""
+    from spectramind.evaluate import export
+    from spectramind.models import calibration as cal
+    from spectramind.models.baseline import calibration_path, sidecar_calibrated
+
+    if not sidecars or sidecar_calibrated(sidecars[0]):
+        return net
+    folder = Path(source["run"])
+    path = folder / export.CALIBRATION if export.is_export(folder) else calibration_path(trained)
+    if not path.is_file():
+        return net
+    source["calibration"] = str(path)
+    return _CalibratedBaseline(net, cal.load(path)).eval()
 
 
 def split_folders(split: str) -> tuple[str, ...]:
@@ -234,7 +281,9 @@ def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | 
                         "282 AIRS bins, the submission's), re-run `spectramind calibrate`")
     net, trained, source = load_model(s, attrs)
     dev = resolve_device(s.predict.device, "predict.device")
-    dataset = LightCurveDataset(store, split, sidecars=require_baseline(trained))
+    sidecars = require_baseline(trained)
+    net = _baseline_as_trained(net, trained, source, sidecars)
+    dataset = LightCurveDataset(store, split, sidecars=sidecars)
     visit_ids, visit_mu, visit_sigma = predict_visits(net, dataset, s.predict.batch_size, dev, progress)
     if source["model"] == FIT_TARGET:  # what `spectramind fit` learned from labels, when it has
         visit_mu, visit_sigma, source["calibration"] = label_calibration(s, visit_mu, visit_sigma)

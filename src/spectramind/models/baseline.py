@@ -63,9 +63,20 @@ def label_calibration(s: Settings, mu: np.ndarray, sigma: np.ndarray) -> tuple[n
     path = calibration_path(s)
     if not path.is_file():
         return mu, sigma, None
-    for step in cal.load(path):
+    return (*apply_steps(cal.load(path), mu, sigma), str(path))
+
+
+def apply_steps(steps: list, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(visits, bins) values through the learned steps of models.calibration.load, in float64."""
+    for step in steps:
         mu, sigma = step.apply(mu.astype(np.float64), sigma.astype(np.float64))
-    return mu, sigma, str(path)
+    return mu, sigma
+
+
+def sidecar_calibrated(path: Path) -> bool:
+    """Whether a baseline sidecar holds label-calibrated values (its store had enough labelled planets)."""
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["calibration"]) is not None
 
 
 def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: int = 16,
@@ -85,7 +96,7 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
     with h5py.File(store / H5_NAME, "r") as src:
         visits = src["visits"]
         keys = sorted(visits)
-        with bar("baseline fit", len(keys), enabled=progress) as advance:
+        with bar("fit", len(keys), enabled=progress, unit="visits") as advance:
             for start in range(0, len(keys), batch_size):
                 chunk = keys[start:start + batch_size]
                 batch = {name: torch.from_numpy(np.stack([visits[k][name][()] for k in chunk]))

@@ -7,6 +7,7 @@ launcher, where it would abort every other job.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,24 @@ CONFIG_NAME = "spectramind_ablate_launcher"
 
 
 def launcher_overrides(user: Sequence[str], sweep_dir: Path, parallel: int) -> list[str]:
-    """Joblib with `parallel` workers unless the user picked another launcher (`hydra/launcher=...`)."""
+    """Joblib with `parallel` (> 1) workers unless the user picked another launcher (`hydra/launcher=...`);
+    one point at a time is Hydra's own basic launcher, which needs no plugin."""
     chosen = [o for o in user if o.startswith("hydra/launcher=")]
     base = [f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${job}", "hydra.job.name=ablate",
             "hydra.job.chdir=false", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    if not chosen:
+    if not chosen and parallel > 1:
+        if not _installed("hydra_plugins.hydra_joblib_launcher"):
+            raise ConfigError(f"ablate --parallel {parallel}: needs Hydra's joblib launcher, which is not "
+                              "installed; pip install 'spectramind[joblib]'")
         base += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={parallel}"]
     return base + list(user)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package (hydra_plugins) is missing too
+        return False
 
 
 def launch(task: Callable[[Any], dict], jobs: Sequence[int], overrides: Sequence[str]) -> list[dict]:

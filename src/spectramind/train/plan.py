@@ -32,7 +32,6 @@ def measure(model, loss_fn, train_set, val_set, trainer: TrainerSettings, *, opt
         loop = Trainer(model, loss_fn, train_set, val_set, trainer, run_dir=Path(tmp), optimizer=optimizer,
                        scheduler=scheduler, seed=seed, run_hash="", events=None, started_at=time.time(),
                        dist=Dist())
-        loop.metrics.enabled = False
         order = loop.order(0)
         batches = loop.batches(order, 0, 0)
         times = []

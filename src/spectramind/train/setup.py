@@ -17,7 +17,7 @@ import torch
 
 from spectramind.config.settings import Settings, Trainer
 from spectramind.devices import resolve_device
-from spectramind.train import distributed
+from spectramind.train import distributed, metrics
 from spectramind.train.trainer import check_monitor, completed, fit
 
 __all__ = ["build", "check", "completed", "launch", "plan", "started_at", "summary_line", "train"]
@@ -42,10 +42,12 @@ def started_at() -> float:
 
 
 def check(s: Settings) -> None:
-    """What the settings alone can refuse, before any input is built: the monitored metric's name."""
+    """What the settings alone can refuse, before any input is built: the monitored metric's name, a chosen
+    metric backend that is not installed."""
     from spectramind.metric import N_BINS
 
     check_monitor(s.trainer.early_stopping.monitor, s.loss.instantiate(), torch.zeros(1, N_BINS))
+    metrics.check(s.logger)
 
 
 def build(s: Settings) -> Parts:
@@ -83,7 +85,7 @@ def train(s: Settings, run_dir: Path, run_hash: str, events=None) -> dict:
                         parameters=sum(p.numel() for p in parts.model.parameters()))
         return fit(parts.model, parts.loss_fn, parts.train_set, parts.val_set, parts.trainer, run_dir=run_dir,
                    optimizer=parts.optimizer, scheduler=parts.scheduler, seed=s.seed, run_hash=run_hash,
-                   events=events, started_at=begin, dist=dist)
+                   events=events, started_at=begin, dist=dist, loggers=metrics.build(s.logger, run_dir, run_hash))
     finally:
         distributed.shutdown()
 

@@ -16,7 +16,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from spectramind.errors import ConfigError
 from spectramind.progress import ProgressBar
 from spectramind.train import checkpoint, guards
 from spectramind.train.distributed import Dist, agree_max, all_sum
-from spectramind.train.metrics import MetricsLog, plot_losses
+from spectramind.train.metrics import MetricsLog, MetricsLogger, plot_losses
 
 COMPLETE_REASONS = ("max_epochs", "early_stopping")
 
@@ -83,18 +83,19 @@ def check_monitor(monitor: str, loss_fn: LossFn, target: torch.Tensor) -> None:
 def fit(model: torch.nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Dataset | None,
         trainer: TrainerSettings, *, run_dir: str | Path, optimizer: Callable,
         scheduler: Callable | None = None, seed: int = 0, run_hash: str = "", events=None,
-        started_at: float | None = None, dist: Dist | None = None) -> dict:
+        started_at: float | None = None, dist: Dist | None = None, loggers: Sequence[MetricsLogger] = ()) -> dict:
     """Train `model` (resuming `run_dir`'s last checkpoint) and return the run summary.
 
     `optimizer(params)` and `scheduler(optimizer)` build torch objects (Hydra partials);
-    `started_at` (time.time()) is when the time budget began, by default now.
+    `started_at` (time.time()) is when the time budget began, by default now; `loggers` are the metric
+    backends (train.metrics.build), which the main process logs to and closes.
     """
     done = completed(run_dir)
     if done is not None:
         return {**done, "already_complete": True}
     loop = Trainer(model, loss_fn, train_set, val_set, trainer, run_dir=Path(run_dir), optimizer=optimizer,
                    scheduler=scheduler, seed=seed, run_hash=run_hash, events=events,
-                   started_at=started_at or time.time(), dist=dist or Dist())
+                   started_at=started_at or time.time(), dist=dist or Dist(), loggers=loggers)
     return loop.run()
 
 
@@ -102,7 +103,8 @@ class Trainer:
     """One run's objects and its loop; `fit` is the way in, `plan.measure` borrows `step`."""
 
     def __init__(self, model, loss_fn, train_set, val_set, cfg: TrainerSettings, *, run_dir: Path, optimizer,
-                 scheduler, seed: int, run_hash: str, events, started_at: float, dist: Dist):
+                 scheduler, seed: int, run_hash: str, events, started_at: float, dist: Dist,
+                 loggers: Sequence[MetricsLogger] = ()):
         self.cfg, self.run_dir, self.seed, self.run_hash, self.dist = cfg, run_dir, seed, run_hash, dist
         self.events = events if (events is not None and dist.main) else None
         self.session_start = time.time()
@@ -138,7 +140,7 @@ class Trainer:
         guards.cap_gpu_memory(self.device, cfg.budgets.gpu_memory_gib)
         self.ckpt_dir = run_dir / "checkpoints"
         self.ckpt_bytes = 0
-        self.metrics = MetricsLog(run_dir, enabled=dist.main)
+        self.metrics = MetricsLog(loggers if dist.main else ())
         self.message = ""
         self.out_of_memory = False  # nothing fits any more, even a micro-batch of 1: the run stops ('oom')
 
@@ -390,17 +392,22 @@ class Trainer:
             batches, record = self.step(order, batches, log)
             seconds = time.perf_counter() - start
             self.clock.observe_step(seconds)
-            if record is not None:
-                self._log_step(record, seconds, samples)
-            bar.advance(samples)
+            shown = self._log_step(record, seconds, samples) if record is not None else {}
+            bar.advance(1, epoch=f"{self.p.epoch + 1}/{self.cfg.max_epochs}", **shown)
         return ""
 
-    def _log_step(self, record: dict, seconds: float, samples: int) -> None:
+    def _log_step(self, record: dict, seconds: float, samples: int) -> dict:
+        """Log a step's metrics; returns what the progress display shows of them."""
         self.p.peak_gpu_gib = max(self.p.peak_gpu_gib, guards.gpu_peak_gib(self.device))
+        throughput = samples * self.dist.world / seconds
         self.metrics.log({"step": self.p.global_step, "epoch": self.p.epoch, **record,
-                          "step_time_s": seconds, "samples_per_s": samples * self.dist.world / seconds,
+                          "step_time_s": seconds, "samples_per_s": throughput,
                           "micro_batch": self.p.micro_batch, "host_mem_gib": self.host.current / guards.GIB,
                           "gpu_mem_gib": self.p.peak_gpu_gib})
+        peak = f"host {self.host.peak / guards.GIB:.2f} GiB"
+        if self.device.type == "cuda":
+            peak += f" / GPU {self.p.peak_gpu_gib:.2f} GiB"
+        return {"loss": record["train/loss"], "lr": record["lr"], "samples/s": throughput, "peak mem": peak}
 
     def end_epoch(self) -> str:
         """Validate, schedule, early-stop and checkpoint at an epoch boundary; returns a stop reason or ''."""
@@ -558,11 +565,12 @@ class Trainer:
         if last.exists():
             self.restore(last)
         reason = ""
-        bar = ProgressBar(self.cfg.progress_bar and self.dist.main)
+        bar = ProgressBar(self.cfg.progress_bar and self.dist.main, every_s=self.cfg.log_every_s)
+        steps_per_epoch = math.ceil(len(self.order(self.p.epoch)) / self.cfg.effective_batch)  # every epoch's
+        bar.start("train", steps_per_epoch * self.cfg.max_epochs, self.p.global_step, unit="steps")
         try:
             with signals.handling():
                 while not reason and self.p.epoch < self.cfg.max_epochs:
-                    bar.start(f"epoch {self.p.epoch + 1}", len(self.order(self.p.epoch)), self.p.position)
                     reason = self.train_epoch(bar) or self.end_epoch()
                 if reason and reason not in ("disk", "early_stopping"):
                     self._emit("guard", reason=reason, message=self.message, step=self.p.global_step)
