@@ -12,7 +12,7 @@ from spectramind.config.schema import root_schema
 from spectramind.errors import ConfigError
 
 SECTIONS = {"paths": st.Paths, "data": st.Data, "fit": st.Fit, "trainer": st.Trainer, "predict": st.Predict,
-            "evaluate": st.Evaluate}
+            "evaluate": st.Evaluate, "reproduce": st.Reproduce}
 
 
 def _options(group: str) -> list[str]:

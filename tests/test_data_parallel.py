@@ -14,7 +14,7 @@ import pytest
 from conftest import group_gone
 
 from spectramind import signals
-from spectramind.data.parallel import imap_unordered
+from spectramind.data.parallel import imap_unordered, in_order
 from spectramind.errors import Stopped
 
 # Work over items of `seconds` each on two workers, under the stop-request handlers, as a data stage runs.
@@ -120,3 +120,8 @@ def test_a_signal_while_the_data_is_built_stops_the_command_cleanly(tmp_path, co
     else:  # the manifest marks a complete store; no partial HDF5 either
         assert not (data / "store" / "manifest.json").exists() and not list(data.glob("store/.*.tmp"))
     assert group_gone(proc.pid), "a process of the job outlived it"
+
+
+def test_in_order_yields_the_results_by_index_whichever_finished_first():
+    finished = [(2, "c"), (0, "a"), (3, "d"), (1, "b")]
+    assert list(in_order(iter(finished))) == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import group_gone
+from conftest import SMALL_DATA, group_gone
 
 from spectramind.config import runhash
 from spectramind.train import checkpoint
@@ -27,21 +27,22 @@ from spectramind.train import checkpoint
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
 SHIM = Path(__file__).with_name("fault_shim.py")
-# A data set small enough to build in seconds, and about 16 steps of training over 4 epochs.
+# A data set small enough to build in seconds, and about 12 steps of training over 4 epochs.
 SMALL = ("trainer=ci_fast", "trainer.loader.num_workers=2", "trainer.max_epochs=4", "trainer.batch_size=2",
-         "data.simulate.n_train=8", "data.simulate.n_test=2", "data.simulate.two_visit_fraction=0",
-         "data.simulate.airs_reads=100", "data.simulate.fgs1_reads=400")
+         *SMALL_DATA)
 DATA_PHASES = ("simulate", "calibrate", "fit")
 
 
 def _moments(seed: int, kinds: list[str]) -> list[tuple[str, float]]:
-    """(kind, parameter) per trial, drawn from `seed`: a delay after a data stage starts, a training step
-    to wait for, or the checkpoint write to interrupt."""
+    """(kind, parameter) per trial, drawn from `seed`: a delay (s) after a data stage starts, a training step
+    to wait for (distinct ones), or the checkpoint write to interrupt (the 2nd or 3rd of the 4 epochs' saves:
+    one before it stands, and one after it is still to come)."""
     rng = random.Random(seed)
-    draw = {"simulate": lambda: round(rng.uniform(0.0, 0.6), 2), "calibrate": lambda: round(rng.uniform(0.0, 0.8), 2),
-            "fit": lambda: round(rng.uniform(0.0, 1.5), 2), "step": lambda: rng.randint(1, 10),
-            "checkpoint": lambda: rng.randint(1, 3)}
-    return [(kind, draw[kind]()) for kind in kinds]
+    longest = {"simulate": 0.6, "calibrate": 0.8, "fit": 1.5}
+    steps = iter(rng.sample(range(1, 9), kinds.count("step")))
+    saves = iter(rng.sample((2, 3), kinds.count("checkpoint")))
+    return [(kind, round(rng.uniform(0.0, longest[kind]), 2) if kind in longest
+             else next(steps if kind == "step" else saves)) for kind in kinds]
 
 
 SIGTERM_MOMENTS = _moments(2026, [*DATA_PHASES, "step", "step", "step", "step", "step", "checkpoint", "checkpoint"])
@@ -56,7 +57,7 @@ class Job:
         self.out, self.markers = out, out.parent / "markers"
         self.markers.mkdir(parents=True, exist_ok=True)
         head = [sys.executable, str(SHIM)] if shim else [sys.executable, "-m", "spectramind"]
-        env = {**os.environ, "FAULT_MARKERS": str(self.markers), "FAULT_HOLD_S": "1"}
+        env = {**os.environ, "FAULT_MARKERS": str(self.markers), "FAULT_HOLD_S": "0.3"}
         self.proc = subprocess.Popen([*head, "train", *SMALL, f"paths.output_dir={out}"], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)

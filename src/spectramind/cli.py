@@ -156,12 +156,13 @@ def _train(cfg: dict, s, overrides: list[str], params: str | None, plan: bool) -
     from spectramind import files
     from spectramind.config import runhash
     from spectramind.config.stage import run_hash
+    from spectramind.devices import process_count
     from spectramind.pipeline import input_fingerprint
     from spectramind.train import setup
     from spectramind.train.distributed import from_env, under_launcher
 
     if not under_launcher():
-        _build_inputs("train", overrides, params, s)
+        _build_inputs("train", overrides, params, s, cfg)
     if plan:
         from spectramind.train.plan import render
 
@@ -173,9 +174,10 @@ def _train(cfg: dict, s, overrides: list[str], params: str | None, plan: bool) -
     if done is not None:  # a finished run is reported and left alone
         typer.echo(f"train: already complete, {setup.summary_line(done)} in {run_dir}")
         return
-    if s.trainer.devices > 1 and not under_launcher():
+    processes = process_count(s.trainer.devices, s.trainer.device)
+    if processes > 1 and not under_launcher():
         argv = ["train", *(["--params", params] if params else []), *overrides]
-        raise typer.Exit(setup.launch(s.trainer.devices, argv))
+        raise typer.Exit(setup.launch(processes, argv))
     if not from_env().main:  # DDP ranks > 0 train but write nothing: no snapshot, no index entry
         setup.train(s, run_dir, hash_)
         return
@@ -190,7 +192,7 @@ def _train(cfg: dict, s, overrides: list[str], params: str | None, plan: bool) -
         return {"status": summary["status"], "stop_reason": summary["stop_reason"], "epochs": summary["epochs"],
                 "best_metric": summary["best_metric"]["value"], "wall_time_s": summary["wall_time_s"]}
 
-    _run("train", overrides, params, work)
+    _run("train", overrides, params, work, loaded=(cfg, s))
 
 
 @app.command()
@@ -278,6 +280,58 @@ def evaluate(overrides: Overrides = None, params: Params = None) -> None:
 
 
 @app.command()
+def cv(overrides: Overrides = None) -> None:
+    """K-fold cross-validation at planet level (`data.split.folds=K`): per fold, ordinary runs that hold it
+    out (fit, train unless model=fit, predict), then the out-of-fold score of every labelled planet."""
+    from spectramind.config.stage import load
+    from spectramind.report import cv as crossval
+
+    overrides = overrides or []
+    folds = crossval.fold_overrides(overrides)
+    with signals.handling():
+        runs = [_cv_fold(fold) for fold in folds]
+    done = crossval.report(load(folds[0])[1], overrides, runs)
+    per_fold = ", ".join(f"{f['score']:.4f}" for f in done["per_fold"])
+    oracle = f", ratio to oracle {done['ratio_to_oracle']:.3f}" if "ratio_to_oracle" in done else ""
+    typer.echo(f"cv: out-of-fold score {done['score']:.4f} on {done['planets']} planets over {len(runs)} folds "
+               f"({per_fold}){oracle} -> {done['report']}")
+
+
+def _cv_fold(overrides: list[str]) -> dict:
+    """One fold's runs, each left alone when complete: its inputs and training (model=fit: its inputs and
+    the fit stage, whose label calibration is then the fold's model), then the prediction of the fold it
+    holds out. Returns the fold's train and predict run hashes."""
+    from spectramind.config.stage import load, run_hash
+    from spectramind.evaluate.predict import FIT_TARGET
+    from spectramind.models.baseline import sidecar_path
+    from spectramind.pipeline import input_fingerprint
+    from spectramind.report.cv import predict_overrides, predicted, submission_path
+    from spectramind.train import setup
+
+    cfg, s = load(overrides)
+    trained = None
+    if s.model.target == FIT_TARGET:
+        _build_inputs("train", overrides, None, s)
+        if not sidecar_path(s).is_file():
+            _run("fit", overrides, None, _fit)
+    else:
+        setup.check(s)
+        try:
+            _train(cfg, s, overrides, None, plan=False)
+        except typer.Exit as e:  # DDP: the processes it launched have trained the fold
+            if e.exit_code:
+                raise
+        trained = run_hash("train", cfg, input_fingerprint("train", s))
+    cfg, s = load(predict_overrides(overrides, trained))
+    hash_ = run_hash("predict", cfg, input_fingerprint("predict", s))
+    if predicted(s.paths.output_dir, hash_):
+        typer.echo(f"predict: already complete, {submission_path(s.paths.output_dir, hash_)}")
+    else:
+        predict(predict_overrides(overrides, trained))
+    return {"train_run": trained, "predict_run": hash_}
+
+
+@app.command()
 def export(
     overrides: Overrides = None,
     out: Annotated[str, typer.Argument(help="A new folder to write the model into.", show_default=False)] = ...,
@@ -290,6 +344,37 @@ def export(
     done = export_run(load(_run_override(overrides))[1], out)
     typer.echo(f"export: run {done['run']} ({done['model']}) -> {done['out']}; predict with "
                f"`spectramind predict run={done['out']} {' '.join(done['overrides'])}`")
+
+
+@app.command()
+def reproduce(
+    run: Annotated[str, typer.Argument(help="The training run: its folder, its run hash under paths.output_dir, "
+                                            "or latest (as predict's run=).", show_default=False)],
+    overrides: Overrides = None,
+) -> None:
+    """Re-create a finished training run from its folder alone (config.yaml, overrides.yaml, env.json) in a
+    scratch folder, data rebuilt from what its config names, and compare: last.pt's model and optimizer and
+    metrics.jsonl bit-identical on CPU, within reproduce.rtol/atol when a GPU trained either. Prints what
+    matched and what differed, with what changed since (data, code, versions, device); exits 4 on a mismatch.
+    Overrides set reproduce.* (keep=true keeps the scratch folder) and where a run hash is looked up."""
+    from spectramind.config.stage import load
+    from spectramind.errors import Mismatch
+    from spectramind.train import reproduce as again
+    from spectramind.train import setup
+
+    s = load(overrides or [])[1]
+    run_dir = again.find(s, run)
+    with again.scratch(s.reproduce) as folder:
+        typer.echo(f"reproduce: re-creating run {run_dir.name} in {folder}", err=True)
+        recreated = again.recreation(run_dir, folder)
+        setup.check(recreated.settings)
+        with signals.handling():
+            _train(recreated.cfg, recreated.settings, recreated.overrides, None, plan=False)
+        report = again.compare(recreated, s.reproduce)
+    typer.echo(report.text)
+    if report.mismatch:
+        raise Mismatch(report.verdict)
+    typer.echo(report.verdict)
 
 
 @app.command()
@@ -409,34 +494,41 @@ def report(overrides: Overrides = None) -> None:
 _INPUT_STAGES = {"simulate": (_simulate, False), "calibrate": (_calibrate, False), "fit": (_fit, True)}
 
 
-def _build_inputs(command: str, overrides: list[str], params: str | None, s) -> None:
+def _build_inputs(command: str, overrides: list[str], params: str | None, s, cfg: dict | None = None) -> None:
     """The CLI's convenience path: run the input stages that are missing or stale, saying so. A DVC stage
-    (`--params`) builds nothing: the pipeline declares and orders its inputs."""
+    (`--params`) builds nothing: the pipeline declares and orders its inputs. `cfg`: the config `s` was built
+    from, which the input stages then run too (else they compose `overrides` again)."""
     if params is not None:
         return
     from spectramind.pipeline import folders_for, missing_inputs
 
+    loaded = (cfg, s) if cfg is not None else None
     for name in missing_inputs(command, s):
         typer.echo(f"{command}: building its missing input with `spectramind {name}`", err=True)
         work, uses_torch = _INPUT_STAGES[name]
         if name == "calibrate":
             folders = folders_for(command, s)
-            _run(name, overrides, None, lambda stage, f=folders: _calibrate(stage, f), uses_torch=uses_torch)
+            _run(name, overrides, None, lambda stage, f=folders: _calibrate(stage, f), uses_torch=uses_torch,
+                 loaded=loaded)
         else:
-            _run(name, overrides, None, work, uses_torch=uses_torch)
+            _run(name, overrides, None, work, uses_torch=uses_torch, loaded=loaded)
 
 
-def _run(command: str, overrides: list[str], params: str | None, work, uses_torch: bool = True) -> None:
+def _run(command: str, overrides: list[str], params: str | None, work, uses_torch: bool = True,
+         loaded: tuple | None = None) -> None:
     """Start a stage (load, validate, hash, snapshot), call `work(stage) -> summary dict`, record the outcome
     (the summary's `status`, "complete" by default: a training run stopped by a guard is "stopped").
 
     uses_torch=False: a CPU-only data stage, whose snapshot skips importing torch for its CUDA facts (~1.5 s).
+    loaded: the (config, settings) already loaded from `overrides` and `params`, or a re-created run's
+    (`spectramind reproduce`), which no composition of `overrides` gives.
     """
     with signals.handling():
-        _run_stage(command, overrides, params, work, uses_torch)
+        _run_stage(command, overrides, params, work, uses_torch, loaded)
 
 
-def _run_stage(command: str, overrides: list[str], params: str | None, work, uses_torch: bool) -> None:
+def _run_stage(command: str, overrides: list[str], params: str | None, work, uses_torch: bool,
+               loaded: tuple | None) -> None:
     """_run's body, under the stop-request handlers: a stage stopped by SIGTERM/SIGINT between two
     pieces of its work is recorded as stopped (stop_reason signal) and the command exits 0; one that
     finished as a signal came ends the command there, before the next stage starts."""
@@ -444,13 +536,13 @@ def _run_stage(command: str, overrides: list[str], params: str | None, work, use
     from spectramind.errors import Stopped
     from spectramind.pipeline import input_fingerprint
 
-    cfg, s = load(overrides, params)
+    cfg, s = loaded or load(overrides, params)
     progress.configure(s.log_every_s)
     if command in ("predict", "evaluate"):
         from spectramind.evaluate.predict import require_run
 
         require_run(s)  # a missing or refused run before any input is built
-        _build_inputs(command, overrides, params, s)
+        _build_inputs(command, overrides, params, s, cfg)
     stage = start(command, cfg, s, overrides, input_fingerprint(command, s), with_torch=uses_torch)
     typer.echo(f"{command}: run {stage.run_hash} in {stage.run_dir}", err=True)
     try:

@@ -16,3 +16,11 @@ def resolve_device(name: str, key: str, local_rank: int = 0) -> torch.device:
             raise ConfigError(f"{key}: expected a visible CUDA GPU for 'cuda', found none; use {key}=cpu or auto")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def process_count(devices: int | str, device: str) -> int:
+    """Training processes for `trainer.devices`: a number as given; `auto`, one per visible GPU when training
+    runs on CUDA (Kaggle's T4 x2: two DDP processes), else one."""
+    if devices != "auto":
+        return int(devices)
+    return torch.cuda.device_count() if resolve_device(device, "trainer.device").type == "cuda" else 1

@@ -17,6 +17,13 @@ class DataError(SpectraMindError):
     exit_code = 3
 
 
+class Mismatch(SpectraMindError):
+    """`spectramind reproduce`: the re-created run made other results (or was made from other data) than the
+    run; the report above the line says what differed and what changed since."""
+
+    exit_code = 4
+
+
 class Stopped(SpectraMindError):
     """SIGTERM/SIGINT between two pieces of work: the stage stopped cleanly, nothing half-written."""
 

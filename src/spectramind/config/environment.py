@@ -45,7 +45,8 @@ def _git_commit() -> str | None:
 def _torch_facts() -> dict:
     import torch
 
-    facts = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpus": []}
+    # threads: CPU kernels may split a reduction by thread, so the count can change the last bits of a result.
+    facts = {"torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(), "gpus": []}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

@@ -68,6 +68,21 @@ class Calibrate:
 class Split:
     val_fraction: float
     test_fraction: float
+    folds: int | None          # K >= 2: K-fold cross-validation over the labelled planets; None or 1: one split
+    fold: int | None           # under cross-validation, the fold held out as the "test" split (0..K-1)
+
+    def __post_init__(self):
+        if self.held_out is None and self.fold is not None:
+            raise ConfigError(f"data.split.fold: set only under cross-validation (data.split.folds >= 2), "
+                              f"got {self.fold} with data.split.folds={self.folds}")
+        if self.held_out is not None and (self.fold is None or self.fold >= self.folds):
+            raise ConfigError(f"data.split.fold: expected the fold to hold out, 0 to {self.folds - 1} with "
+                              f"data.split.folds={self.folds} (`spectramind cv` runs every fold), got {self.fold}")
+
+    @property
+    def held_out(self) -> tuple[int, int] | None:
+        """(fold, folds) under cross-validation; None for the single split."""
+        return (self.fold, self.folds) if (self.folds or 1) > 1 else None
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,7 @@ class Budgets:
 class Trainer:
     name: str
     device: str
-    devices: int
+    devices: int | str  # a count, or "auto": every visible GPU (devices.process_count)
     max_epochs: int
     batch_size: int
     accumulate_grad_batches: int
@@ -204,6 +219,14 @@ class Evaluate:
     split: str
     plot_planets: int
     out_dir: str | None
+
+
+@dataclass(frozen=True)
+class Reproduce:
+    dir: str | None            # where the scratch folder is made (None: the system's temporary folder)
+    keep: bool
+    rtol: float                # tolerance when either side trained on a GPU (torch.allclose's, the run as reference)
+    atol: float
 
 
 @dataclass(frozen=True)
@@ -258,6 +281,7 @@ class Settings:
     trainer: Trainer
     predict: Predict
     evaluate: Evaluate
+    reproduce: Reproduce
     logger: Logger
 
 

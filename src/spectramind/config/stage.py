@@ -77,7 +77,8 @@ def start(command: str, cfg: dict, settings: Settings, overrides: list[str], dat
     hash_ = run_hash(command, cfg, data_fingerprint)
     env = {**environment.describe(with_torch),
            "code": {"version": provenance.__version__, "digest": provenance.code_digest(command),
-                    "files": len(provenance.stage_sources(command))}}
+                    "files": len(provenance.stage_sources(command))},
+           "data_fingerprint": data_fingerprint}  # what `spectramind reproduce` compares the rebuilt inputs with
     folder = runhash.snapshot(cfg, list(overrides), command, hash_, env)
     events = EventLog(folder)
     events.emit("start", command=command, run_hash=hash_, overrides=list(overrides))

@@ -11,11 +11,13 @@ import torch
 from torch.utils.data import Dataset
 
 from spectramind.data import store as st
+from spectramind.data.folds import LABELLED, planet_splits
 from spectramind.data.store import read_store_attrs
 from spectramind.errors import DataError
 
-# "train", "val", "test": the manifest's planet-level split of labelled planets; "all": all three;
-# "predict": the planets of the raw folder's test/ (no labels; what a submission is made for).
+# "train", "val", "test": the planet-level split of labelled planets (the manifest's, or a cross-validation
+# fold's); "all": all three; "predict": the planets of the raw folder's test/ (no labels; what a submission
+# is made for).
 SPLITS = ("train", "val", "test", "all", "predict")
 
 __all__ = ["LightCurveDataset", "read_store_attrs", "SPLITS"]
@@ -27,6 +29,7 @@ class LightCurveDataset(Dataset):
     Item: planet_id, visit (int64 scalars); flux, flux_err (T, 283) f32; time (T,) f32; jitter (T, J) f32;
     star (S,) f32; target (283,) f32 (NaN when unknown); plus every per-visit dataset of each sidecar
     HDF5 file (same /visits/<planet_id>_<visit>/ layout) under its own name.
+    held_out: (fold, folds) under cross-validation (`data.split.held_out`): the splits are that fold's.
     HDF5 handles are opened on first use in each process, so the dataset pickles into DataLoader workers.
     """
 
@@ -36,6 +39,7 @@ class LightCurveDataset(Dataset):
         split: str,
         max_samples: int | None = None,
         sidecars: Sequence[str | Path] = (),
+        held_out: tuple[int, int] | None = None,
     ):
         if split not in SPLITS:
             raise DataError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -43,11 +47,8 @@ class LightCurveDataset(Dataset):
         if not (self.store / st.MANIFEST_NAME).is_file() or not (self.store / st.H5_NAME).is_file():
             raise DataError(f"{self.store}: no calibrated store here (run `spectramind calibrate`)")
         manifest = st.read_manifest(self.store)
-        planets = (
-            set(sum((manifest["splits"][s] for s in ("train", "val", "test")), []))
-            if split == "all"
-            else set(manifest["splits"][split])
-        )
+        splits = planet_splits(manifest, held_out)
+        planets = set(sum((splits[s] for s in LABELLED), [])) if split == "all" else set(splits[split])
         self.keys = [
             st.visit_key(p["planet_id"], v)
             for p in manifest["planets"]

@@ -58,6 +58,17 @@ def imap_unordered(
         pool.shutdown()
 
 
+def in_order(results: Iterator[tuple[int, object]]) -> Iterator[tuple[int, object]]:
+    """imap_unordered's (index, result) pairs by index, each held only until those before it have come: a
+    file written from them has the same bytes whichever worker finished first."""
+    held, expected = {}, 0
+    for i, result in results:
+        held[i] = result
+        while expected in held:
+            yield expected, held.pop(expected)
+            expected += 1
+
+
 def _kill(pool: cf.ProcessPoolExecutor) -> None:
     """End the pool now: queued work cancelled, running work killed (its result is not wanted)."""
     workers = list((pool._processes or {}).values())  # no public way to stop a running task before 3.14

@@ -20,7 +20,7 @@ from spectramind.config.settings import Calibrate, Settings, Split
 from spectramind.data import ariel_format as af
 from spectramind.data import calibrate as cal
 from spectramind.data import store as st
-from spectramind.data.parallel import imap_unordered
+from spectramind.data.parallel import imap_unordered, in_order
 from spectramind.errors import DataError
 
 STAR_COLUMNS = (*af.STAR_COLUMNS, "T14_h")  # the star-info table plus the transit duration it implies
@@ -138,13 +138,15 @@ def calibrate_folder(
         **stats,
         "star_columns": list(STAR_COLUMNS),
         "jitter_columns": list(cal.jitter_columns(opts)),
-        "source": str(root),
     }
 
     tasks = [(v, adc, axis, opts, float(star_rows[v.planet_id][-1])) for v in visits]
     replaced = {}  # visit key -> instrument -> CDS values the cosmic-ray pass replaced
     with st.writer(store, attrs) as add:
-        for i, arrays in imap_unordered(_calibrate_one, tasks, num_workers, "calibrate", progress, "visits"):
+        # In visit order, and no absolute path inside: the store's bytes (its fingerprint, part of every later
+        # run hash) follow from the raw bytes and settings alone, wherever the raw folder lies.
+        for i, arrays in in_order(imap_unordered(_calibrate_one, tasks, num_workers, "calibrate", progress,
+                                                 "visits")):
             v = visits[i]
             target = (
                 targets.loc[v.planet_id].to_numpy()
@@ -157,7 +159,7 @@ def calibrate_folder(
                 v.planet_id,
                 v.visit,
                 {**arrays, "star": star_rows[v.planet_id], "target": target},
-                {"t0_h": t0, "source": str(v.signal("AIRS-CH0"))},
+                {"t0_h": t0, "source": v.signal("AIRS-CH0").relative_to(root).as_posix()},
             )
     attrs_now = st.read_store_attrs(store)
     seconds = time.perf_counter() - started
@@ -252,6 +254,9 @@ def _store_config(calibrate: Calibrate, split: Split, seed: int) -> dict:
     """What a store is a calibration with (besides its raw bytes and the calibration code)."""
     from spectramind.config.provenance import code_digest
 
-    config = {"calibrate": dataclasses.asdict(calibrate), "split": dataclasses.asdict(split), "seed": seed,
+    # Not the cross-validation folds: they are drawn as the store is read (data.folds), so every fold's
+    # runs share one store.
+    drawn = {"val_fraction": split.val_fraction, "test_fraction": split.test_fraction}
+    config = {"calibrate": dataclasses.asdict(calibrate), "split": drawn, "seed": seed,
               "schema_version": st.SCHEMA_VERSION, "code": code_digest("calibrate")}
     return json.loads(json.dumps(config))  # as the manifest reads back: tuples become lists

@@ -10,7 +10,8 @@ Layout of `lightcurves.h5` (schema SCHEMA_VERSION):
       norm (283,) f8          the out-of-transit medians (electrons per bin): flux * norm is electrons
       star (S,) f4            star and orbit, columns = attrs["star_columns"]
       target (283,) f4        transit depths; NaN when unknown
-    group attrs: planet_id, visit, t0_h (transit centre found by calibration), source (signal file)
+    group attrs: planet_id, visit, t0_h (transit centre found by calibration), source (signal file, relative
+      to the raw folder: the store's bytes do not depend on where that lies)
   root attrs: schema_version, n_time, n_bins, star_columns, jitter_columns, target_mean/std (283,),
       star_mean/std (S,), naive_mean, naive_sigma (scalars over every training label), split fractions.
 Sidecar files (physics-baseline outputs and the like) use the same /visits/<key>/<name> layout.

@@ -117,13 +117,19 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 
 def trained_settings(folder: Path) -> Settings:
-    """The settings a training run was made with, from its config.yaml, through the same schema and
-    `_target_` allowlist as any config (nested nodes included): a crafted run folder cannot name a
-    callable of its own. A refused config is a config error: nothing has run."""
+    """The settings a training run was made with, from its config.yaml (see run_config)."""
+    from spectramind.config.settings import build
+
+    return build(run_config(folder))
+
+
+def run_config(folder: Path) -> dict:
+    """A run's resolved config.yaml, through the same schema and `_target_` allowlist as any config
+    (nested nodes included): a crafted run folder cannot name a callable of its own. A refused config is a
+    config error: nothing has run."""
     import yaml
 
     from spectramind.config.schema import validate
-    from spectramind.config.settings import build
 
     path = folder / "config.yaml"
     try:
@@ -136,7 +142,7 @@ def trained_settings(folder: Path) -> Settings:
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: not a valid run config ({e})") from e
-    return build(cfg)
+    return cfg
 
 
 def build_model(s: Settings, attrs: dict, state: dict | None = None) -> torch.nn.Module:
@@ -283,7 +289,7 @@ def predict(s: Settings, run_dir: Path, *, split: str | None = None, out: str | 
     dev = resolve_device(s.predict.device, "predict.device")
     sidecars = require_baseline(trained)
     net = _baseline_as_trained(net, trained, source, sidecars)
-    dataset = LightCurveDataset(store, split, sidecars=sidecars)
+    dataset = LightCurveDataset(store, split, sidecars=sidecars, held_out=s.data.split.held_out)
     visit_ids, visit_mu, visit_sigma = predict_visits(net, dataset, s.predict.batch_size, dev, progress)
     if source["model"] == FIT_TARGET:  # what `spectramind fit` learned from labels, when it has
         visit_mu, visit_sigma, source["calibration"] = label_calibration(s, visit_mu, visit_sigma)

@@ -5,9 +5,11 @@ A sidecar has the store's layout (/visits/<planet_id>_<visit>/<name>) with `base
 `reasons` attribute): why the fit widened that visit's sigma. When the fit was calibrated on labels
 (models.calibration), `baseline_mu`/`baseline_sigma` are the calibrated values and `baseline_mu_raw`/
 `baseline_sigma_raw` the fit's own; the `calibration` attribute holds what was fitted. It lives in
-`data.baseline`, named by a hash of the fit's settings, of the store's content and of the fit's code, so
-a change to any of them makes a new one (a copy or a `dvc checkout` of the same store finds the old
-one); an existing one is reused as it is.
+`data.baseline`, named by a hash of the fit's settings, of the store's content, of the fit's code and of
+the cross-validation fold held out (the labels it may calibrate on), so a change to any of them makes a
+new one (a copy or a `dvc checkout` of the same store finds the old one); an existing one is reused as it
+is. The fit itself sees no label: its raw values (`fit_<hash>.h5`) are kept once per store and fit
+settings and calibrated again for each fold.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import xxhash
 
 from spectramind import files
 from spectramind.config.settings import Fit, Settings
+from spectramind.data.folds import planet_splits
 from spectramind.data.store import H5_NAME, read_manifest, read_store_attrs
 from spectramind.errors import DataError
 from spectramind.models.fit import REASONS, PhysicsFit
@@ -32,27 +35,41 @@ from spectramind.progress import bar
 _INPUTS = ("flux", "flux_err", "time", "jitter", "star")
 # Models whose batches carry the baseline's outputs (they correct it): they need the fit stage first.
 NEEDS_BASELINE = ("spectramind.models.nets.ResidualNet",)
+_RAW = ("mu", "sigma", "flags")                                   # what the fit gives per visit
+_CALIBRATION_ONLY = ("calibration_folds", "spectral_prior_shrinkage")  # fit settings only _calibrate reads
+
+
+def _named(s: Settings, prefix: str, suffix: str, fit: dict, **parts) -> Path:
+    from spectramind.config.provenance import code_digest
+
+    key = xxhash.xxh3_64(json.dumps({"fit": fit, "code": code_digest("fit"), **parts},
+                                    sort_keys=True).encode()).hexdigest()
+    return Path(s.data.baseline) / f"{prefix}_{key}{suffix}"
+
+
+def _store_fingerprint(s: Settings) -> str:
+    return files.tree_fingerprint(Path(s.data.store) / H5_NAME)
 
 
 def sidecar_path(s: Settings) -> Path:
-    from spectramind.config.provenance import code_digest
+    return _named(s, "baseline", ".h5", dataclasses.asdict(s.fit), store=_store_fingerprint(s),
+                  held_out=s.data.split.held_out)
 
-    key = xxhash.xxh3_64(json.dumps({
-        "fit": dataclasses.asdict(s.fit),
-        "store": files.tree_fingerprint(Path(s.data.store) / H5_NAME),
-        "code": code_digest("fit"),
-    }, sort_keys=True).encode()).hexdigest()
-    return Path(s.data.baseline) / f"baseline_{key}.h5"
+
+def raw_fit_path(s: Settings) -> Path:
+    """The fit of every visit before any label is used: shared by every fold and calibration setting."""
+    fit = {k: v for k, v in dataclasses.asdict(s.fit).items() if k not in _CALIBRATION_ONLY}
+    return _named(s, "fit", ".h5", fit, store=_store_fingerprint(s))
 
 
 def calibration_path(s: Settings) -> Path:
     """Where the fit stage keeps what it learned from labels (models.calibration) for `model=fit` to apply
-    on any store: named by the fit's settings and code, not by the store it was learned on."""
-    from spectramind.config.provenance import code_digest
-
-    key = xxhash.xxh3_64(json.dumps({"fit": dataclasses.asdict(s.fit), "code": code_digest("fit")},
-                                    sort_keys=True).encode()).hexdigest()
-    return Path(s.data.baseline) / f"calibration_{key}.npz"
+    on any store: named by the fit's settings and code, not by the store it was learned on. Under
+    cross-validation by the store and the fold held out as well: a fold's calibration is for its own
+    store's held-out planets, and one learned where other planets were held out must never reach them."""
+    held_out = s.data.split.held_out
+    where = {} if held_out is None else {"store": _store_fingerprint(s), "held_out": held_out}
+    return _named(s, "calibration", ".npz", dataclasses.asdict(s.fit), **where)
 
 
 def label_calibration(s: Settings, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -81,9 +98,10 @@ def sidecar_calibrated(path: Path) -> bool:
 
 def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: int = 16,
                  progress: bool = True) -> dict:
-    """The fit stage: fit every visit of `data.store` once with the `fit` settings, calibrate the result on
-    the labelled training planets (models.calibration) when `fit.calibration_folds` asks for it, and
-    write the sidecar; returns a summary."""
+    """The fit stage: fit every visit of `data.store` once with the `fit` settings (unless its raw fit is
+    kept), calibrate the result on the labelled training planets of the split (models.calibration; under
+    cross-validation the other folds' only) when `fit.calibration_folds` asks for it, and write the
+    sidecar; returns a summary."""
     from spectramind.data.prepare import require_store
 
     started = time.perf_counter()
@@ -91,23 +109,9 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
     path = sidecar_path(s)
     if path.is_file():
         return {"baseline": str(path), "cached": True}
-    fit = PhysicsFit(s.fit, n_bins=read_store_attrs(store)["n_bins"]).to(device)
-    results: dict[str, dict[str, np.ndarray]] = {}
-    with h5py.File(store / H5_NAME, "r") as src:
-        visits = src["visits"]
-        keys = sorted(visits)
-        with bar("fit", len(keys), enabled=progress, unit="visits") as advance:
-            for start in range(0, len(keys), batch_size):
-                chunk = keys[start:start + batch_size]
-                batch = {name: torch.from_numpy(np.stack([visits[k][name][()] for k in chunk]))
-                         for name in _INPUTS}
-                out = fit.fit({k: v.to(device) for k, v in batch.items()})
-                for i, k in enumerate(chunk):
-                    results[k] = {"mu": out["mu"][i].cpu().numpy(), "sigma": out["sigma"][i].cpu().numpy(),
-                                  "flags": out["flags"][i].cpu().numpy().astype(np.uint8),
-                                  "planet_id": int(visits[k].attrs["planet_id"]), "target": visits[k]["target"][()]}
-                    advance()
-    calibration, learned = _calibrate(s, results, set(read_manifest(store)["splits"]["train"]))
+    results = _fit_visits(s, store, device, batch_size, progress)
+    train = planet_splits(read_manifest(store), s.data.split.held_out)["train"]
+    calibration, learned = _calibrate(s, results, set(train))
     if learned:
         from spectramind.models import calibration as cal
 
@@ -123,8 +127,40 @@ def fit_baseline(s: Settings, device: torch.device | str = "cpu", batch_size: in
         dst.attrs["fit_config"] = json.dumps(dataclasses.asdict(s.fit), sort_keys=True)
         dst.attrs["reasons"] = json.dumps(REASONS)
         dst.attrs["calibration"] = json.dumps(calibration)
-    return {"baseline": str(path), "visits": len(keys), "cached": False, "calibration": calibration,
+    return {"baseline": str(path), "visits": len(results), "cached": False, "calibration": calibration,
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _fit_visits(s: Settings, store: Path, device, batch_size: int, progress: bool) -> dict[str, dict]:
+    """Per visit: the fit's mu, sigma and flags, read back from `raw_fit_path` when another fold or
+    calibration setting has fitted this store already, with the visit's planet_id and target."""
+    raw = raw_fit_path(s)
+    with h5py.File(store / H5_NAME, "r") as src:
+        visits = src["visits"]
+        keys = sorted(visits)
+        labels = {k: {"planet_id": int(visits[k].attrs["planet_id"]), "target": visits[k]["target"][()]}
+                  for k in keys}
+        if raw.is_file():
+            with h5py.File(raw, "r") as f:
+                fitted = {k: {name: f["visits"][k][name][()] for name in _RAW} for k in keys}
+        else:
+            fit = PhysicsFit(s.fit, n_bins=read_store_attrs(store)["n_bins"]).to(device)
+            fitted = {}
+            with bar("fit", len(keys), enabled=progress, unit="visits") as advance:
+                for start in range(0, len(keys), batch_size):
+                    chunk = keys[start:start + batch_size]
+                    batch = {name: torch.from_numpy(np.stack([visits[k][name][()] for k in chunk]))
+                             for name in _INPUTS}
+                    out = fit.fit({k: v.to(device) for k, v in batch.items()})
+                    for i, k in enumerate(chunk):
+                        fitted[k] = {"mu": out["mu"][i].cpu().numpy(), "sigma": out["sigma"][i].cpu().numpy(),
+                                     "flags": out["flags"][i].cpu().numpy().astype(np.uint8)}
+                        advance()
+            with files.atomic_path(raw) as tmp, h5py.File(tmp, "w") as dst:
+                for k, r in fitted.items():
+                    for name in _RAW:
+                        dst.create_dataset(f"visits/{k}/{name}", data=r[name])
+    return {k: {**fitted[k], **labels[k]} for k in keys}
 
 
 def _calibrate(s: Settings, results: dict[str, dict], train: set[int]) -> tuple[dict | None, list]:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from spectramind.data.folds import assign_folds
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -64,10 +66,8 @@ def out_of_fold(planet_ids, mu, sigma, y, folds: int, seed: int, learn=None) -> 
     """Each labelled visit corrected by what `learn(mu, sigma, y)` (default: fit_calibration) makes of
     the other folds (folds by planet); what it makes must have `apply(mu, sigma)`."""
     learn = learn or fit_calibration
-    planet_ids = np.asarray(planet_ids)
-    planets = np.unique(planet_ids)
-    fold_of = dict(zip(planets, np.random.default_rng(seed).permutation(len(planets)) % folds, strict=True))
-    fold = np.array([fold_of[p] for p in planet_ids])
+    fold_of = assign_folds(planet_ids, folds, seed)
+    fold = np.array([fold_of[p] for p in np.asarray(planet_ids).tolist()])
     mu_out, sigma_out = np.empty_like(mu), np.empty_like(sigma)
     for k in range(folds):
         held = fold == k

@@ -64,8 +64,8 @@ def build(s: Settings) -> Parts:
     model = s.model.instantiate(n_time=attrs["n_time"], n_bins=attrs["n_bins"], n_star=len(attrs["star_columns"]),
                                 **fit_kwargs(s))
     return Parts(model=model, loss_fn=s.loss.instantiate(),
-                 train_set=LightCurveDataset(store, "train", sidecars=sidecars),
-                 val_set=LightCurveDataset(store, "val", sidecars=sidecars),
+                 train_set=LightCurveDataset(store, "train", sidecars=sidecars, held_out=s.data.split.held_out),
+                 val_set=LightCurveDataset(store, "val", sidecars=sidecars, held_out=s.data.split.held_out),
                  trainer=s.trainer, optimizer=s.optimizer.instantiate(), scheduler=s.scheduler.instantiate())
 
 
@@ -76,12 +76,14 @@ def train(s: Settings, run_dir: Path, run_hash: str, events=None) -> dict:
         return {**done, "already_complete": True}
     begin = started_at()
     dist = distributed.from_env()
-    distributed.init(dist, resolve_device(s.trainer.device, "trainer.device", dist.local_rank))
+    device = resolve_device(s.trainer.device, "trainer.device", dist.local_rank)
+    distributed.init(dist, device)
     try:
         parts = build(s)
         if events is not None and dist.main:
-            events.emit("built", model=type(parts.model).__name__, train_samples=len(parts.train_set),
-                        val_samples=len(parts.val_set), setup_s=round(time.time() - begin, 3),
+            events.emit("built", model=type(parts.model).__name__, device=str(device),
+                        train_samples=len(parts.train_set), val_samples=len(parts.val_set),
+                        setup_s=round(time.time() - begin, 3),
                         parameters=sum(p.numel() for p in parts.model.parameters()))
         return fit(parts.model, parts.loss_fn, parts.train_set, parts.val_set, parts.trainer, run_dir=run_dir,
                    optimizer=parts.optimizer, scheduler=parts.scheduler, seed=s.seed, run_hash=run_hash,
