@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# A synthetic set that simulates, calibrates and fits in about 10 s (10 planets, 16 time bins): for the slow
-# tests that run whole commands but test no property of the default set.
-SMALL_DATA = ("data.simulate.n_train=8", "data.simulate.n_test=2", "data.simulate.two_visit_fraction=0",
-              "data.simulate.airs_reads=100", "data.simulate.fgs1_reads=400")
+# A synthetic set that simulates, calibrates and fits in seconds (10 planets, 16 time bins, a short physics
+# fit): for the slow tests that run whole commands but test no property of the default set.
+SMALL_SET = ("data.simulate.n_train=8", "data.simulate.n_test=2", "data.simulate.two_visit_fraction=0",
+             "data.simulate.airs_reads=100", "data.simulate.fgs1_reads=400", "fit.iterations=8")
 REAL_SAMPLE = REPO.parent / "shared" / "ariel-real-sample"
 
 

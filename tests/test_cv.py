@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings
+from conftest import SMALL_SET, make_settings
 from test_models_fit import make_visits
 
 from spectramind.data import store as st
@@ -140,10 +140,8 @@ def test_a_fold_setting_that_cannot_work_is_one_line_and_exit_2(cli, tmp_path, a
     assert not (tmp_path / "runs").exists()
 
 
-# test_faults.py's small set, built in-process (no pool to start on 2 cores) with a shorter physics fit.
-SMALL = ("trainer=ci_fast", "trainer.batch_size=2", "data.num_workers=0", "fit.iterations=8",
-         "data.simulate.n_train=8", "data.simulate.n_test=2", "data.simulate.two_visit_fraction=0",
-         "data.simulate.airs_reads=100", "data.simulate.fgs1_reads=400", "data.split.folds=2")
+# The small set, built in-process (no pool to start on 2 cores).
+SMALL = ("trainer=ci_fast", "trainer.batch_size=2", "data.num_workers=0", *SMALL_SET, "data.split.folds=2")
 
 
 def _report(stdout: str) -> dict:

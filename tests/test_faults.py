@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_DATA, group_gone
+from conftest import SMALL_SET, group_gone
 
 from spectramind.config import runhash
 from spectramind.train import checkpoint
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.fault]
 SHIM = Path(__file__).with_name("fault_shim.py")
 # A data set small enough to build in seconds, and about 12 steps of training over 4 epochs.
 SMALL = ("trainer=ci_fast", "trainer.loader.num_workers=2", "trainer.max_epochs=4", "trainer.batch_size=2",
-         *SMALL_DATA)
+         *SMALL_SET)
 DATA_PHASES = ("simulate", "calibrate", "fit")
 
 
@@ -155,6 +155,11 @@ def test_sigterm_to_the_process_group_stops_cleanly_and_the_rerun_is_bit_identic
     run = train_run(out)
     if kind in DATA_PHASES:  # at the stage's next boundary: between visits, or once the stage is done
         assert "stopped" in job.output.splitlines()[-1], job.output[-3000:]
+        data = out / "data" / "synthetic"
+        assert not list(data.glob("raw?*")) and not list(data.glob("store/.*.tmp")), "a partial folder was left"
+        statuses = [e["status"] for e in json.loads((out / runhash.INDEX_NAME).read_text()).values()]
+        # the stage signalled is stopped, or it finished and the next one never started
+        assert set(statuses) <= {"complete", "stopped"} and statuses.count("stopped") <= 1, statuses
     else:
         summary = json.loads((run / "summary.json").read_text())
         assert summary["stop_reason"] == "signal", summary

@@ -5,7 +5,7 @@ import operator
 import re
 
 import pytest
-from conftest import SMALL_DATA
+from conftest import SMALL_SET
 
 from spectramind.errors import ConfigError
 from spectramind.pipeline import resolve
@@ -129,7 +129,7 @@ def test_four_point_ci_fast_sweep_then_rerun_trains_nothing(cli, tmp_path):
     """The issue's done-when: 4 runs finish, 4 rows in score order, the same sweep again trains nothing."""
     # Parameters that leave the data alone: the points share one simulated set, built once up front.
     sweep = ["ablate", "-m", "trainer=ci_fast", "optimizer.lr=1e-3,3e-3", "optimizer.weight_decay=0,0.01",
-             *SMALL_DATA, f"paths.output_dir={tmp_path}", "--parallel", "2"]
+             *SMALL_SET, "data.num_workers=0", f"paths.output_dir={tmp_path}", "--parallel", "2"]
     first = cli(*sweep, timeout=1800)
     assert first.returncode == 0, first.stdout + first.stderr
     summaries = sorted((tmp_path / "runs").glob("*/summary.json"))

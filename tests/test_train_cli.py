@@ -9,15 +9,18 @@ import sys
 import time
 
 import pytest
-from conftest import SMALL_DATA
+from conftest import SMALL_SET
 
 from spectramind.pipeline import resolve
 from spectramind.train import checkpoint
 
+SMALL = (*SMALL_SET, "data.num_workers=0")
+
 
 def _spectramind(command: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The command on the small synthetic set (the default set's own tests are test_data_pipeline's)."""
-    return subprocess.run([sys.executable, "-m", "spectramind", command, *SMALL_DATA, *args], capture_output=True,
+    """The command on the small synthetic set, built in-process (the default set's own tests are
+    test_data_pipeline's, the worker pool's test_data_parallel's)."""
+    return subprocess.run([sys.executable, "-m", "spectramind", command, *SMALL, *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -28,7 +31,7 @@ def outputs(tmp_path_factory):
 
 
 def _run_dir(outputs, *overrides: str):
-    cfg, hash_ = resolve("train", [f"paths.output_dir={outputs}", *SMALL_DATA, *overrides])
+    cfg, hash_ = resolve("train", [f"paths.output_dir={outputs}", *SMALL, *overrides])
     return outputs / "runs" / hash_
 
 

@@ -43,7 +43,8 @@ def _path(module: str, package: Path) -> Path | None:
     return file if file.is_file() else None
 
 
-def _imports(path: Path, module: str) -> set[str]:
+@cache  # each stage's sources share most files: parse each once per process
+def _imports(path: Path, module: str) -> frozenset[str]:
     """Every `spectramind.*` module named by an import in `path` (a `from x import y` names x.y if a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -57,7 +58,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m == "spectramind" or m.startswith("spectramind.")}
+    return frozenset(m for m in found if m == "spectramind" or m.startswith("spectramind."))
 
 
 @cache
