@@ -11,7 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import yaml
 from conftest import run_cli
@@ -92,9 +92,10 @@ def test_a_missing_calibration_file(built, tmp_path):
 def test_nan_frames(built, tmp_path):
     raw = _raw(built, tmp_path)
     signal = _first_visit(raw) / "FGS1_signal_0.parquet"
-    frame = pd.read_parquet(signal).astype(np.float64)
-    frame.iloc[5:9] = np.nan
-    frame.to_parquet(signal)
+    frame = pl.read_parquet(signal)
+    reads = frame.to_numpy().astype(np.float64)
+    reads[5:9] = np.nan
+    pl.DataFrame(reads, schema=frame.columns).write_parquet(signal)
     done, store = _calibrate(raw, tmp_path)
     assert signal.name in _refused(done, 3, store)
 
@@ -102,8 +103,8 @@ def test_nan_frames(built, tmp_path):
 def test_frames_of_the_wrong_shape(built, tmp_path):
     raw = _raw(built, tmp_path)
     signal = _first_visit(raw) / "AIRS-CH0_signal_0.parquet"
-    frame = pd.read_parquet(signal)
-    frame.iloc[:, : frame.shape[1] // 2].to_parquet(signal)
+    frame = pl.read_parquet(signal)
+    frame.select(frame.columns[: frame.width // 2]).write_parquet(signal)
     done, store = _calibrate(raw, tmp_path)
     assert signal.name in _refused(done, 3, store)
 

@@ -79,7 +79,7 @@ def read_signal(
 
     pixels: (rows, columns) of the detector to read (R x C); None reads the whole (32, W) frame. Parquet
     stores each pixel as its own column, so a pixel never read is never decoded. Read with polars:
-    ~3x faster than pyarrow on these 11,392-column files, whose cost is per column.
+    ~2.7x faster than pyarrow on these 11,392-column files, whose cost is per column.
     """
     import polars as pl
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xxhash
 
-from spectramind import files
+from spectramind import files, signals
 from spectramind.config.settings import Fit, Settings
 from spectramind.data.folds import planet_splits
 from spectramind.data.store import H5_NAME, read_manifest, read_store_attrs
@@ -148,6 +148,7 @@ def _fit_visits(s: Settings, store: Path, device, batch_size: int, progress: boo
             fitted = {}
             with bar("fit", len(keys), enabled=progress, unit="visits") as advance:
                 for start in range(0, len(keys), batch_size):
+                    signals.raise_if_requested()  # a stop between batches: nothing is written before the end
                     chunk = keys[start:start + batch_size]
                     batch = {name: torch.from_numpy(np.stack([visits[k][name][()] for k in chunk]))
                              for name in _INPUTS}
