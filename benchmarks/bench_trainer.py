@@ -105,15 +105,15 @@ def bare(make_model, dataset, steps: int, batch: int, loss: StampedLoss, clip: s
 
 def spectramind(make_model, dataset, steps: int, batch: int, loss: StampedLoss, clip: str) -> None:
     """The trainer with every guardrail on (time, signals, host memory, non-finite, disk), no validation."""
-    from spectramind.config.settings import Trainer
+    from spectramind.config.stage import load
     from spectramind.train.trainer import fit
 
     torch.manual_seed(0)
-    cfg = Trainer(name="bench", device="cpu", max_epochs=1, batch_size=batch, precision="fp32",
-                        grad_clip={"mode": clip, "value": 1.0}, log_every_n_steps=50, progress_bar=False,
-                        early_stopping={"enabled": False, "monitor": "val/loss", "mode": "min",
-                                        "patience": 1, "min_delta": 0.0},
-                        budgets={"time_min": 600, "host_memory_gib": None, "min_free_disk_gib": 0.1})
+    # The shipped ci_fast profile (the one home of every default) with the benchmark's sizes.
+    cfg = load(["trainer=ci_fast", "trainer.max_epochs=1", f"trainer.batch_size={batch}", "trainer.max_samples=null",
+                f"trainer.grad_clip.mode={clip}", "trainer.grad_clip.value=1.0", "trainer.log_every_n_steps=50",
+                "trainer.progress_bar=false", "trainer.budgets.time_min=600", "trainer.budgets.host_memory_gib=null",
+                "trainer.budgets.min_free_disk_gib=0.1"])[1].trainer
     with tempfile.TemporaryDirectory() as tmp:
         fit(make_model(), loss, dataset, None, cfg, run_dir=Path(tmp),
             optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
