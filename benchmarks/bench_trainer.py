@@ -197,14 +197,12 @@ def compare(label: str, make_model, dataset, steps: int, batch: int, repeats: in
 def project_models(output_dir: str, seconds: float, repeats: int) -> list[dict]:
     """The project's trainable models on the synthetic store (built under `output_dir` when missing);
     each contender's run lasts about `seconds` (the step count follows a probe of the bare step)."""
-    from spectramind.config.compose import compose
-    from spectramind.train.distributed import Dist
+    from spectramind.config.stage import load
     from spectramind.train.setup import build
 
     runs = []
     for model in ("residual", "cnn1d", "transformer"):
-        cfg = compose([f"model={model}", "trainer=ci_fast", f"paths.output_dir={output_dir}"])
-        parts = build(cfg, Dist())
+        parts = build(load([f"model={model}", "trainer=ci_fast", f"paths.output_dir={output_dir}"])[1])
         make = functools.partial(_rebuilt, parts.model, parts.model.state_dict())
         probe = StampedLoss(parts.loss_fn)
         bare(make, parts.train_set, 4, 8, probe, "norm")
