@@ -22,6 +22,7 @@ from spectramind.config.stage import load
 from spectramind.errors import ConfigError, DataError
 from spectramind.evaluate import export
 from spectramind.evaluate.predict import build_model, load_model, require_run
+from spectramind.models import calibration as cal
 from spectramind.train import checkpoint
 
 # Eight labelled planets, four of them in the training split: enough for the fit to calibrate on labels
@@ -63,6 +64,12 @@ def test_an_export_predicts_what_its_run_predicts_on_a_machine_that_never_saw_th
     assert len(store["target_mean"]) == 283 and store["naive_sigma"] > 0 and store["star_columns"][0] == "Rs"
     card = (model / export.CARD).read_text()
     assert run.name in card and "best val/loss" in card and " ".join(meta["overrides"]) in card
+    # A run that lost its output calibration (a crash right after its summary) gets it back, untrained.
+    made = (run / cal.OUTPUTS_FILE).read_bytes()
+    (run / cal.OUTPUTS_FILE).unlink()
+    done = run_cli("train", *overrides)
+    assert done.returncode == 0 and "already complete" in done.stdout + done.stderr, done.stderr
+    assert (run / cal.OUTPUTS_FILE).read_bytes() == made
 
     shutil.rmtree(tmp_path / "here" / "outputs")  # the run, its data, store and baseline: only the export is left
     elsewhere = tmp_path / "elsewhere"
@@ -170,6 +177,11 @@ def test_export_writes_the_checkpoints_weights_and_predict_loads_them(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(load(["model=cnn1d", f"paths.output_dir={tmp_path}"])[0]))
     state = build_model(s, ATTRS).state_dict()
     checkpoint.save(run / "checkpoints" / "best.pt", {"model": state})
+    with pytest.raises(DataError, match="output_calibration.npz: missing, yet the run was trained with "
+                                        "trainer.calibrate_outputs=true"):
+        load_model(replace(s, predict=replace(s.predict, run=str(run))), ATTRS)
+    widened = cal.Calibration(mu_bias=(0.0, 0.0), sigma_scale=(3.0, 2.0), sigma_floor=(0.0, 0.0))
+    cal.save(run / cal.OUTPUTS_FILE, [widened])
 
     with pytest.raises(ConfigError, match="model=fit has no weights"):
         export.export(replace(s, model=make_settings("model=fit").model), tmp_path / "nothing")
@@ -184,9 +196,16 @@ def test_export_writes_the_checkpoints_weights_and_predict_loads_them(tmp_path):
         export.export(replace(s, predict=replace(s.predict, run=str(tmp_path / "model"))), tmp_path / "again")
 
     assert json.loads((tmp_path / "model" / export.STORE).read_text())["star_columns"] == ATTRS["star_columns"]
+    from spectramind.data.dataset import LightCurveDataset
+
+    batch = {k: v[None] for k, v in LightCurveDataset(tmp_path / "store", "train")[0].items()}
+    bare_mu, bare_sigma = build_model(s, ATTRS, {"model": state})(batch)
     for folder in (run, tmp_path / "model"):
         net, _, source = load_model(replace(s, predict=replace(s.predict, run=str(folder))), ATTRS)
-        assert all(torch.equal(net.state_dict()[k], state[k]) for k in state), folder
+        assert all(torch.equal(net.net.state_dict()[k], state[k]) for k in state), folder
+        mu, sigma = net(batch)  # the run's output calibration travels with the export
+        assert torch.allclose(mu, bare_mu) and torch.allclose(sigma[:, 0], 3 * bare_sigma[:, 0])
+        assert torch.allclose(sigma[:, 1:], 2 * bare_sigma[:, 1:]), folder
     assert source["checkpoint"] == str(tmp_path / "model" / export.WEIGHTS)
     with pytest.raises(DataError, match="trained on a store with star_columns"):
         load_model(replace(s, predict=replace(s.predict, run=str(tmp_path / "model"))),

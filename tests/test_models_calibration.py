@@ -1,8 +1,20 @@
 """The post-hoc calibration of the physics fit on labels: it finds a known bias and a known sigma error."""
 
 import numpy as np
+import pytest
+import torch
 
-from spectramind.models.calibration import Calibration, SpectralPrior, fit_calibration, out_of_fold
+from spectramind.models.calibration import (
+    IDENTITY,
+    OUTPUTS_FILE,
+    Calibration,
+    SpectralPrior,
+    fit_calibration,
+    load,
+    out_of_fold,
+)
+from spectramind.train import checkpoint
+from spectramind.train.setup import MIN_CALIBRATION_PLANETS, Parts, calibrate_outputs
 
 
 def _fit_output(n=300, bins=20, seed=0):
@@ -73,3 +85,45 @@ def test_a_spectrum_unlike_the_labels_is_not_pulled_onto_them_when_its_bins_are_
     odd = 0.02 * (1 + 0.3 * np.sin(np.linspace(0, 20, 60)))[None]    # a shape the family cannot make
     post_mu, _ = prior.apply(odd, np.full_like(odd, 1e-6))
     np.testing.assert_allclose(post_mu, odd, rtol=1e-3)
+
+
+class _Overconfident(torch.nn.Module):
+    """Reports sigma 1e-3 where its error (the items' `noise`) is 3e-3 in AIRS and 2e-3 in FGS1."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("unused", torch.zeros(1))
+
+    def forward(self, batch):
+        return batch["target"] + batch["noise"], torch.full_like(batch["target"], 1e-3)
+
+
+class _Labelled(torch.utils.data.Dataset):
+    def __init__(self, planets: int, bins: int = 30):
+        rng = np.random.default_rng(1)
+        self.items = [{"planet_id": torch.tensor(i), "flux": torch.ones(5, bins),
+                       "target": torch.full((bins,), 0.01),
+                       "noise": torch.from_numpy(np.r_[2e-3, np.full(bins - 1, 3e-3)] * rng.normal(size=bins)).float()}
+                      for i in range(planets)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize("planets", [40, MIN_CALIBRATION_PLANETS - 1])
+def test_a_trained_nets_outputs_are_calibrated_on_its_validation_split(tmp_path, planets):
+    """What `spectramind train` runs after training (trainer.calibrate_outputs): the checkpoint predicts the
+    validation planets and their labels set the scale; too few planets leave the identity, written."""
+    model = _Overconfident()
+    checkpoint.save(tmp_path / "checkpoints" / "best.pt", {"model": model.state_dict()})
+    parts = Parts(model=model, loss_fn=None, train_set=None, val_set=_Labelled(planets), trainer=None,
+                  optimizer=None, scheduler=None)
+    learned = calibrate_outputs(parts, tmp_path, torch.device("cpu"))
+    assert load(tmp_path / OUTPUTS_FILE) == [learned]
+    if planets < MIN_CALIBRATION_PLANETS:
+        assert learned == IDENTITY
+    else:
+        assert 1.5 < learned.sigma_scale[0] < 2.6 and 2.6 < learned.sigma_scale[1] < 3.4

@@ -171,7 +171,8 @@ def _train(cfg: dict, s, overrides: list[str], params: str | None, plan: bool) -
     hash_ = run_hash("train", cfg, input_fingerprint("train", s))
     run_dir = runhash.run_dir(s.paths.output_dir, hash_)
     done = setup.completed(run_dir)
-    if done is not None:  # a finished run is reported and left alone
+    if done is not None:  # a finished run is reported and left alone, its output calibration aside
+        setup.complete_outputs(s, run_dir)
         typer.echo(f"train: already complete, {setup.summary_line(done)} in {run_dir}")
         return
     processes = process_count(s.trainer.devices, s.trainer.device)

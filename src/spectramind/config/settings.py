@@ -191,6 +191,7 @@ class Trainer:
     checkpoint_every_n_epochs: int
     keep_last_k: int
     early_stopping: EarlyStopping
+    calibrate_outputs: bool    # fit mu/sigma's calibration on the validation split after training
     compile: bool
     deterministic: bool
     log_every_n_steps: int

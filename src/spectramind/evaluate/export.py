@@ -11,6 +11,8 @@ Layout (written into a temporary folder beside OUT and renamed when complete):
     calibration.npz     what `spectramind fit` learned from labels for the run's fit settings, when it
                         learned something: a model on the baseline that was trained on the calibrated
                         baseline gets it applied to a store that has no labels of its own (predict.py)
+    output_calibration.npz  the net's own calibration, fitted on its validation split after training,
+                        when the run made one (trainer.calibrate_outputs)
     README.md           the model card
 """
 
@@ -30,11 +32,12 @@ from spectramind import files
 from spectramind.config import runhash
 from spectramind.config.settings import Settings
 from spectramind.errors import ConfigError, DataError
+from spectramind.models.calibration import OUTPUTS_FILE
 
 FORMAT = 1
 WEIGHTS, CONFIG, STORE, META, CALIBRATION, CARD = ("model.safetensors", "config.yaml", "store.json", "export.json",
                                                   "calibration.npz", "README.md")
-FILES = (WEIGHTS, CONFIG, STORE, META, CALIBRATION, CARD)
+FILES = (WEIGHTS, CONFIG, STORE, META, CALIBRATION, OUTPUTS_FILE, CARD)
 # Store attributes that describe what the model reads, not where the store came from.
 STORE_KEYS = ("schema_version", "n_time", "n_bins", "star_columns", "jitter_columns", "target_mean", "target_std",
               "star_mean", "star_std", "naive_mean", "naive_sigma")
@@ -85,6 +88,8 @@ def export(s: Settings, out: str | Path) -> dict:
         files.write_json(tmp / STORE, store)
         if calibration:
             shutil.copyfile(calibration, tmp / CALIBRATION)
+        if (folder / OUTPUTS_FILE).is_file():
+            shutil.copyfile(folder / OUTPUTS_FILE, tmp / OUTPUTS_FILE)
         files.write_json(tmp / META, meta)
         files.write_text(tmp / CARD, model_card(meta, run, store))
     return {"out": str(out), **meta}

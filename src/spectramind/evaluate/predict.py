@@ -193,23 +193,43 @@ def load_model(s: Settings, attrs: dict) -> tuple[torch.nn.Module, Settings, dic
         ckpt = checkpoint_path(folder)
         state = checkpoint.load(ckpt)
     source = {"model": trained.model.target, "run": str(folder), "checkpoint": str(ckpt)}
-    return build_model(trained, attrs, state), trained, source
+    return _calibrated_outputs(build_model(trained, attrs, state), folder, trained, source), trained, source
 
 
-class _CalibratedBaseline(torch.nn.Module):
-    """A model on the baseline, fed the baseline through the fit's label calibration (`steps`)."""
+def _calibrated_outputs(net: torch.nn.Module, folder: Path, trained: Settings, source: dict) -> torch.nn.Module:
+    """A trained net through the output calibration its run fitted on the validation split (an export
+    carries a copy), when its run asked for one (trainer.calibrate_outputs)."""
+    from spectramind.models import calibration as cal
 
-    def __init__(self, net: torch.nn.Module, steps: list):
+    if not trained.trainer.calibrate_outputs:
+        return net
+    path = folder / cal.OUTPUTS_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: missing, yet the run was trained with trainer.calibrate_outputs=true; run "
+                        "`spectramind train` with its config again to write it (nothing is retrained)")
+    source["output_calibration"] = str(path)
+    return _Calibrated(net, cal.load(path), inputs=False).eval()
+
+
+class _Calibrated(torch.nn.Module):
+    """A net whose baseline inputs (`inputs`), or whose own outputs, go through learned calibration steps."""
+
+    def __init__(self, net: torch.nn.Module, steps: list, inputs: bool):
         super().__init__()
-        self.net, self.steps = net, steps
+        self.net, self.steps, self.inputs = net, steps, inputs
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        from spectramind.models.baseline import apply_steps
+        if self.inputs:
+            mu, sigma = _through(self.steps, batch["baseline_mu"], batch["baseline_sigma"])
+            return self.net({**batch, "baseline_mu": mu, "baseline_sigma": sigma})
+        return _through(self.steps, *self.net(batch))
 
-        mu, sigma = batch["baseline_mu"], batch["baseline_sigma"]
-        mu_cal, sigma_cal = apply_steps(self.steps, mu.cpu().numpy(), sigma.cpu().numpy())
-        return self.net({**batch, "baseline_mu": torch.from_numpy(mu_cal).to(mu), "baseline_sigma":
-                         torch.from_numpy(sigma_cal).to(sigma)})
+
+def _through(steps: list, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from spectramind.models.baseline import apply_steps
+
+    mu_cal, sigma_cal = apply_steps(steps, mu.detach().cpu().numpy(), sigma.detach().cpu().numpy())
+    return torch.from_numpy(mu_cal).to(mu), torch.from_numpy(sigma_cal).to(sigma)
 
 
 def _baseline_as_trained(net: torch.nn.Module, trained: Settings, source: dict, sidecars) -> torch.nn.Module:
@@ -227,7 +247,7 @@ def _baseline_as_trained(net: torch.nn.Module, trained: Settings, source: dict, 
     if not path.is_file():
         return net
     source["calibration"] = str(path)
-    return _CalibratedBaseline(net, cal.load(path)).eval()
+    return _Calibrated(net, cal.load(path), inputs=True).eval()
 
 
 def split_folders(split: str) -> tuple[str, ...]:

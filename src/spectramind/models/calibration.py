@@ -17,6 +17,8 @@ import torch
 
 from spectramind.data.folds import assign_folds
 
+OUTPUTS_FILE = "output_calibration.npz"  # a trained net's, in its run folder (train.setup.calibrate_outputs)
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -33,6 +35,9 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+IDENTITY = Calibration(mu_bias=(0.0, 0.0), sigma_scale=(1.0, 1.0), sigma_floor=(0.0, 0.0))
 
 
 def fit_calibration(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray) -> Calibration:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 
@@ -20,10 +21,13 @@ from spectramind.devices import resolve_device
 from spectramind.train import distributed, metrics
 from spectramind.train.trainer import check_monitor, completed, fit
 
-__all__ = ["build", "check", "completed", "launch", "plan", "started_at", "summary_line", "train"]
+__all__ = ["build", "calibrate_outputs", "check", "complete_outputs", "completed", "launch", "plan", "started_at",
+           "summary_line", "train"]
 
 # The wall-clock budget counts from the start of the command; under self-launched DDP from the parent's start.
 STARTED_AT_ENV = "SPECTRAMIND_STARTED_AT"
+# Fewer validation planets than this: the output calibration stays the identity (FGS1 has one value a planet).
+MIN_CALIBRATION_PLANETS = 8
 
 
 @dataclass
@@ -73,6 +77,7 @@ def train(s: Settings, run_dir: Path, run_hash: str, events=None) -> dict:
     """Train (or resume) the run in `run_dir`; a finished run returns its summary with `already_complete`."""
     done = completed(run_dir)
     if done is not None:
+        complete_outputs(s, run_dir)
         return {**done, "already_complete": True}
     begin = started_at()
     dist = distributed.from_env()
@@ -85,11 +90,49 @@ def train(s: Settings, run_dir: Path, run_hash: str, events=None) -> dict:
                         train_samples=len(parts.train_set), val_samples=len(parts.val_set),
                         setup_s=round(time.time() - begin, 3),
                         parameters=sum(p.numel() for p in parts.model.parameters()))
-        return fit(parts.model, parts.loss_fn, parts.train_set, parts.val_set, parts.trainer, run_dir=run_dir,
-                   optimizer=parts.optimizer, scheduler=parts.scheduler, seed=s.seed, run_hash=run_hash,
-                   events=events, started_at=begin, dist=dist, loggers=metrics.build(s.logger, run_dir, run_hash))
+        summary = fit(parts.model, parts.loss_fn, parts.train_set, parts.val_set, parts.trainer, run_dir=run_dir,
+                      optimizer=parts.optimizer, scheduler=parts.scheduler, seed=s.seed, run_hash=run_hash,
+                      events=events, started_at=begin, dist=dist,
+                      loggers=metrics.build(s.logger, run_dir, run_hash))
+        if dist.main and s.trainer.calibrate_outputs:
+            calibration = calibrate_outputs(parts, run_dir, device)
+            if events is not None:
+                events.emit("calibrated_outputs", **calibration.as_dict())
+        return summary
     finally:
         distributed.shutdown()
+
+
+def complete_outputs(s: Settings, run_dir: Path) -> None:
+    """A complete run whose output calibration is missing (it stopped between its summary and that) gets
+    it now, from its checkpoint: nothing is trained."""
+    from spectramind.models.calibration import OUTPUTS_FILE
+
+    dist = distributed.from_env()
+    if dist.main and s.trainer.calibrate_outputs and not (run_dir / OUTPUTS_FILE).is_file():
+        calibrate_outputs(build(s), run_dir, resolve_device(s.trainer.device, "trainer.device", dist.local_rank))
+
+
+def calibrate_outputs(parts: Parts, run_dir: Path, device: torch.device):
+    """The run's checkpoint predicts its validation split, and the labels fit a scale and offset of mu and
+    sigma per instrument (models.calibration), written beside the checkpoints for predict to apply. A net
+    trained on GLL ends overconfident on planets it has not seen (its sigma learns the training planets'
+    residuals); the validation planets are the labelled ones it has not seen. With too few of them the
+    calibration is the identity, written all the same: predict requires the file of a run that asked for it."""
+    from spectramind.evaluate.predict import checkpoint_path, predict_visits
+    from spectramind.models import calibration as cal
+    from spectramind.train import checkpoint
+
+    val = parts.val_set
+    labelled = [val[i] for i in range(len(val))]
+    learned = cal.IDENTITY
+    if len({int(item["planet_id"]) for item in labelled}) >= MIN_CALIBRATION_PLANETS:
+        parts.model.load_state_dict(checkpoint.load(checkpoint_path(run_dir))["model"])
+        _, mu, sigma = predict_visits(parts.model.eval(), val, 64, device, progress=False)
+        y = np.stack([item["target"].numpy() for item in labelled])
+        learned = cal.fit_calibration(mu.astype(np.float64), sigma.astype(np.float64), y.astype(np.float64))
+    cal.save(run_dir / cal.OUTPUTS_FILE, [learned])
+    return learned
 
 
 def summary_line(summary: dict) -> str:
