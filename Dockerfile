@@ -18,8 +18,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
-# Ubuntu 24.04's python3 is 3.12, the interpreter requirements/runtime.txt is resolved for; apt versions are left
-# to the base image's release, whose security updates would break exact pins.
+# Ubuntu 24.04's python3 is 3.12. requirements/runtime.lock.txt is resolved for Python 3.11 on Linux x86_64, the
+# interpreter CI's locked job tests those pins on; it carries the hash of every file of each pinned release (3.12's
+# wheels too), and `pip check` below fails the build if 3.12 needed a dependency the lock lacks. apt versions are
+# left to the base image's release, whose security updates would break exact pins.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -36,9 +38,12 @@ RUN pip wheel --no-deps --wheel-dir /dist .
 
 FROM base AS runtime
 COPY requirements/ /tmp/requirements/
-# torch's CUDA build first, its own dependencies held to the pins by the constraint; then the rest of the pins.
-RUN pip install -r /tmp/requirements/torch-cuda.txt -c /tmp/requirements/runtime.txt \
-    && pip install -r /tmp/requirements/runtime.txt
+# Every pin of the lock, hash-checked: spectramind's dependencies and torch's own (sympy, networkx, the CUDA 13.0
+# wheels, ...). Then torch's CUDA build, which the lock leaves out: as a constraint the hashed lock would turn on
+# pip's hash checking for torch too, which torch-cuda.txt gives no hash, so torch goes in with --no-deps, and
+# `pip check` below proves that the lock's pins satisfy its requirements and spectramind's.
+RUN pip install --require-hashes --no-deps -r /tmp/requirements/runtime.lock.txt \
+    && pip install --no-deps -r /tmp/requirements/torch-cuda.txt
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl \
     && pip check \

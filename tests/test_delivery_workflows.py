@@ -68,6 +68,19 @@ def test_ci_smokes_the_ci_fast_profile_and_the_dvc_pipeline():
         assert f"{name}=${{{name}:-{env[name]}}}" in ci_run
 
 
+def test_ci_runs_the_quick_tests_on_the_locked_pins():
+    """One job installs with requirements/runtime.lock.txt as constraints: the pins the Docker image ships."""
+    job = load("ci.yml")["jobs"]["locked"]
+    setup = next(step for step in job["steps"] if str(step.get("uses", "")).startswith("actions/setup-python"))
+    assert setup["with"]["python-version"] == "3.11"  # what the lock is resolved for (its header)
+    assert "--python-version 3.11 " in (REPO / "requirements" / "runtime.lock.txt").read_text().splitlines()[1]
+    install = steps_text(job)
+    assert install.index('"$TORCH" --index-url "$TORCH_INDEX"') < install.index(
+        'uv pip install --python "$(command -v python)" -c requirements/runtime.lock.txt -e ".[dev]"')
+    assert "pip check" in install
+    assert [line.strip() for line in install.splitlines()][-1] == "python -m pytest -q -p no:cacheprovider"
+
+
 def test_the_build_needs_only_its_backend_and_the_declared_licence_is_shipped():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
 

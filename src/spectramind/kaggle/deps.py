@@ -1,4 +1,4 @@
-"""The installed dependency closure of spectramind: what the Docker image pins and what a bundle ships."""
+"""The installed dependency closure of spectramind: the wheels a Kaggle bundle ships, at the installed versions."""
 
 from __future__ import annotations
 
