@@ -1,6 +1,7 @@
 """Ablation sweeps: Hydra's expansion, run hashes, the launcher, failures recorded, the done-when sweep."""
 
 import json
+import math
 import operator
 import re
 
@@ -155,3 +156,113 @@ def test_submitit_local_launcher_drives_the_same_jobs(tmp_path):
                                          tmp_path, 1)
     assert launch.launch(operator.attrgetter("job"), [1, 2], settings) == [1, 2]
     assert (tmp_path / ".submitit").is_dir()
+
+
+# Optuna searches (hydra/sweeper=optuna, the [optuna] extra, which [dev] has).
+
+
+def _fake_trials(monkeypatch, seen: list) -> None:
+    """Points that 'train' without training: run_point records the point, its score is a function of its lr
+    (highest at lr=1e-3), read back by the run hash as the real score is."""
+    scores = {}
+
+    def fake_run_point(point, log_dir, threads=None):
+        seen.append(list(point.overrides))
+        lr = float(next(o for o in point.overrides if o.startswith("optimizer.lr=")).partition("=")[2])
+        scores[point.run_hash] = -abs(math.log10(lr) + 3)
+        point.trained = point.evaluated = True
+        point.status = "complete"
+        return point
+
+    monkeypatch.setattr(ablate, "prepare_data", lambda points, waiting, sweep_dir: True)
+    monkeypatch.setattr(ablate, "run_point", fake_run_point)
+    monkeypatch.setattr(ablate, "score", lambda out, run_hash: scores.get(run_hash))
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_optuna_trials_reach_the_points_and_the_direction_picks_the_best(monkeypatch, tmp_path, direction):
+    seen = []
+    _fake_trials(monkeypatch, seen)
+    extra = [] if direction == "maximize" else ["hydra.sweeper.direction=minimize"]  # maximize: the default
+    points, sweep_dir = ablate.ablate(["hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", *extra,
+                                       "optimizer.lr=tag(log, interval(1e-4,1e-2))", "seed=3",
+                                       f"paths.output_dir={tmp_path}"])
+    assert len(seen) == 4 and [p.index for p in points] == [0, 1, 2, 3]
+    lrs = {float(o.partition("=")[2]) for overrides in seen for o in overrides if o.startswith("optimizer.lr=")}
+    assert len(lrs) == 4 and all(1e-4 <= lr <= 1e-2 for lr in lrs)  # four proposals, not one point four times
+    for overrides in seen:  # the sweeper's proposal plus the fixed overrides and the default profile
+        assert {"trainer=ablation", "seed=3", f"paths.output_dir={tmp_path}"} < set(overrides)
+    record = json.loads((sweep_dir / SWEEP_RECORD).read_text())
+    assert [p["overrides"] for p in record["points"]] == seen and all(p.status == "complete" for p in points)
+    pick = max if direction == "maximize" else min
+    best = pick(points, key=lambda p: p.score)
+    assert record["sweeper"]["direction"] == direction and record["sweeper"]["best"]["index"] == best.index
+    # The value each trial returned is the score Optuna optimised: its best value is that point's.
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert f"best_value: {best.score}" in results
+
+
+def test_a_failed_trial_is_the_worst_value_and_the_search_goes_on(monkeypatch, tmp_path):
+    seen = []
+    _fake_trials(monkeypatch, seen)
+    points, sweep_dir = ablate.ablate(["hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                                       "trainer.max_epochs=choice(0,-1)", f"paths.output_dir={tmp_path}"])
+    assert seen == [] and [p.status for p in points] == ["failed"] * 3  # the schema refused each: no training
+    assert all("max_epochs" in p.error for p in points)
+    assert json.loads((sweep_dir / SWEEP_RECORD).read_text())["sweeper"]["best"] is None
+    failed = Point(0, [], status="failed")
+    assert ablate.objective(failed, "maximize") == -math.inf and ablate.objective(failed, "minimize") == math.inf
+    assert ablate.objective(Point(0, [], score=math.nan), "maximize") == -math.inf  # NaN would abort the study
+
+
+def test_missing_optuna_plugin_or_unknown_sweeper_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "_installed", lambda module: False)  # hydra-optuna-sweeper not installed
+    with pytest.raises(ConfigError, match=r"needs Hydra's Optuna sweeper.*pip install 'spectramind\[optuna\]'") as e:
+        ablate.ablate(["hydra/sweeper=optuna", "optimizer.lr=interval(1e-4,1e-2)", f"paths.output_dir={tmp_path}"])
+    assert "\n" not in str(e.value)
+    result = cli("ablate", "hydra/sweeper=nevergrad", "seed=1,2", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().count("\n") == 0 and "spectramind[optuna]" in result.stderr
+    assert not (tmp_path / SWEEPS_DIR).exists()
+
+
+def test_what_optuna_cannot_do_from_here_is_one_line(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ConfigError, match="plain overrides"):  # Hydra 1.3 cannot merge it from the command line
+        ablate.ablate(["hydra/sweeper=optuna", "+hydra.sweeper.params.seed=choice(1,2)"])
+    with pytest.raises(ConfigError, match="lists a grid's points"):
+        ablate.ablate(["hydra/sweeper=optuna", "seed=choice(1,2)", f"paths.output_dir={tmp_path}"], dry_run=True)
+    with pytest.raises(ConfigError, match="interval.*is a search space, not a grid.*hydra/sweeper=optuna"):
+        expand(["optimizer.lr=interval(1e-4,1e-2)"])
+    with pytest.raises(ConfigError, match="one direction"):
+        launch._check_optuna(OmegaConf.create({"direction": ["maximize", "minimize"], "storage": None}))
+    monkeypatch.setattr(launch, "_major", lambda package: 2)  # optuna 2.10's RDB storage fails on SQLAlchemy 2
+    with pytest.raises(ConfigError, match=r"sqlalchemy<2"):
+        launch._check_optuna(OmegaConf.create({"direction": "maximize", "storage": "sqlite:///s.db"}))
+
+
+@pytest.mark.slow
+def test_optuna_search_on_ci_fast_scores_its_trials_then_rerun_trains_nothing(cli, tmp_path):
+    """A real study: 2 trials, each trained and evaluated; sweep.json and the leaderboard list them, the best
+    is the highest score; the same command proposes the same trials again (a seeded sampler) and reuses them."""
+    sweep = ["ablate", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "trainer=ci_fast",
+             "optimizer.lr=tag(log, interval(1e-4,1e-2))", *SMALL_SET, "data.num_workers=0",
+             f"paths.output_dir={tmp_path}"]
+    first = cli(*sweep, timeout=1800)
+    assert first.returncode == 0, first.stdout + first.stderr
+    record = json.loads(next((tmp_path / SWEEPS_DIR).glob(f"*/{SWEEP_RECORD}")).read_text())
+    points = record["points"]
+    assert [p["status"] for p in points] == ["complete", "complete"]
+    assert all(isinstance(p["score"], float) for p in points) and points[0]["overrides"] != points[1]["overrides"]
+    best = max(points, key=lambda p: p["score"])
+    assert record["sweeper"]["direction"] == "maximize" and record["sweeper"]["best"]["index"] == best["index"]
+    assert f"best (maximize): point {best['index']}  {best['run_hash']}" in first.stdout
+    rows = _table((tmp_path / "ablation_leaderboard.md").read_text())
+    assert len(rows) == 2 and rows[0][0].endswith("★") and rows[0][1].startswith(f"[{best['run_hash']}]")
+
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    again = cli(*sweep, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count(" complete ") == 2
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no run folder file was touched

@@ -444,7 +444,11 @@ ABLATE_EPILOG = (
     "a complete point is not trained again and a failing point is recorded with its error line. "
     "On a Slurm cluster, pick Hydra's submitit launcher (pip install hydra-submitit-launcher): "
     "spectramind ablate -m optimizer.lr=1e-4,3e-4 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu "
-    "hydra.launcher.gpus_per_node=1 hydra.launcher.timeout_min=120. Exits 1 when any point failed."
+    "hydra.launcher.gpus_per_node=1 hydra.launcher.timeout_min=120. "
+    "Beyond a grid, Hydra's Optuna sweeper (pip install 'spectramind[optuna]') proposes the points, each trial "
+    "an ordinary point scored by its evaluation (direction maximize unless set): spectramind ablate "
+    "hydra/sweeper=optuna hydra.sweeper.n_trials=8 'optimizer.lr=tag(log,interval(1e-4,1e-2))' "
+    "'model=choice(residual,cnn1d)'. Exits 1 when any point failed."
 )
 
 
@@ -452,15 +456,20 @@ ABLATE_EPILOG = (
 def ablate(
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Hydra sweep overrides: a=1,2  b=range(0,3)  c=choice(x,y)  model=glob(*); fixed key=value "
-             "overrides apply to every point; hydra/launcher=... and hydra.launcher.* set the launcher.",
+             "overrides apply to every point; hydra/launcher=... and hydra.launcher.* set the launcher; "
+             "hydra/sweeper=optuna searches instead (d=interval(1e-4,1e-2), hydra.sweeper.n_trials=N, "
+             "hydra.sweeper.direction=minimize|maximize).",
         show_default=False)] = None,
     multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Accepted as in Hydra apps; ablate "
                                            "always sweeps.")] = False,
     parallel: Annotated[int, typer.Option(help="Points run at once (Hydra's joblib launcher).")] = 1,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and their run hashes; "
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List a grid's points and their run hashes; "
                                           "run nothing.")] = False,
 ) -> None:
-    """Sweep overrides: train and evaluate every point, then rebuild the leaderboard."""
+    """Sweep overrides (a grid, or an Optuna search): train and evaluate every point, then rebuild the
+    leaderboard."""
+    from spectramind import files
+    from spectramind.report.ablate import SWEEP_RECORD
     from spectramind.report.ablate import ablate as run_sweep
     from spectramind.report.leaderboard import build, parse_overrides
 
@@ -474,6 +483,10 @@ def ablate(
     failed = sum(p.status == "failed" for p in points)
     done = build(sweep_dir.parents[1])
     typer.echo(f"sweep {sweep_dir}: {len(points) - failed} complete, {failed} failed")
+    study = files.read_json(sweep_dir / SWEEP_RECORD).get("sweeper") or {}  # a search's study
+    if study.get("best"):
+        best = study["best"]
+        typer.echo(f"best ({study['direction']}): point {best['index']}  {best['run_hash']}  score {best['score']}")
     typer.echo(f"leaderboard: {done['markdown']} and {done['html']}")
     if failed:
         raise typer.Exit(1)
