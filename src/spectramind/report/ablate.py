@@ -221,13 +221,17 @@ def run_pending(points: list[Point], launcher_args: list[str], sweep_dir: Path, 
     first = {h: i for h, i in first.items() if points[i].status == "pending"}  # less those whose data failed
     if not first:
         return
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
-    task = functools.partial(_job, points, threads)
+    task = functools.partial(_job, points, _threads(parallel))
     settings = launch.launcher_overrides(launcher_args, sweep_dir, parallel)
     done = {d["run_hash"]: d for d in launch.launch(task, sorted(first.values()), settings)}
     for p in points:
         if p.status == "pending":
             points[p.index] = Point(**{**done[p.run_hash], "index": p.index, "overrides": p.overrides})
+
+
+def _threads(parallel: int) -> int | None:
+    """Torch threads per point when `parallel` run at once on this machine's cores (no oversubscription)."""
+    return max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
 
 
 def score(output_dir: str | os.PathLike, run_hash: str | None) -> float | None:
@@ -269,19 +273,17 @@ def search(arguments: list[str], parallel: int = 1, dry_run: bool = False) -> tu
     parsed = _parse(sweep_args)
     sweep_args = _with_trainer(parsed, sweep_args)
     sweep_dir = output_dir(sweep_args) / SWEEPS_DIR / xxhash.xxh3_64(json.dumps(arguments).encode()).hexdigest()
-    settings = launch.sweeper_overrides(launcher_args, sweep_dir, parallel)
     if dry_run:
         raise ConfigError("ablate --dry-run lists a grid's points; a sweeper proposes its trials as they finish")
     if parallel > 1 and any(o.is_sweep_override() and o.key_or_group.split(".")[0] in DATA_KEYS for o in parsed):
         # Trials at once would rebuild one data folder under each other's training (prepare_data's case).
         log.warning("ablate: the search changes the data (%s); one trial at a time", ", ".join(DATA_KEYS))
         parallel = 1
-        settings = launch.sweeper_overrides(launcher_args, sweep_dir, parallel)
+    settings = launch.sweeper_overrides(launcher_args, sweep_dir, parallel)
     for old in [*sweep_dir.glob(f"*/{TRIAL_RECORD}"), *sweep_dir.glob("locks/store_*.json")]:
         old.unlink()  # this run's records: an earlier run may have had more trials, or its data changed since
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
     try:
-        launch.sweep(functools.partial(_trial, sweep_dir, threads), sweep_args, settings)
+        launch.sweep(functools.partial(_trial, sweep_dir, _threads(parallel)), sweep_args, settings)
     finally:
         points = trials(sweep_dir)  # what ran, even when the sweeper stopped part way
         if points:
