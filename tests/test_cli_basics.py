@@ -78,14 +78,45 @@ def test_config_show_keeps_interpolations_and_resolve_gives_the_values(cli, tmp_
     assert cli("config", "show", "trainer.max_epochs=0").returncode == 2  # validated either way
 
 
-def test_shell_completion_completes_commands(tmp_path):
+def _complete(shell: str, words: str, tmp_path) -> list[str]:
+    """What `spectramind`'s completion answers (typer's protocol: zsh gets the whole line, bash the words)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(sys.executable).parent / "spectramind"
-    env = {**os.environ, "_SPECTRAMIND_COMPLETE": "complete_bash", "COMP_WORDS": "spectramind con", "COMP_CWORD": "1"}
-    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["config"], done.stderr
+    env = {**os.environ, "_SPECTRAMIND_COMPLETE": f"complete_{shell}"}
+    if shell == "zsh":
+        env["_TYPER_COMPLETE_ARGS"] = words
+    else:
+        env.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split(" ")) - 1))  # a trailing space: a new word
+    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_shell_completion_completes_commands(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert _complete("bash", "spectramind con", tmp_path) == ["config"]
+    script = Path(sys.executable).parent / "spectramind"
     assert "--install-completion" in subprocess.run([str(script), "--help"], capture_output=True, text=True).stdout
+
+
+def test_shell_completion_completes_groups_and_their_options(tmp_path):
+    groups = _root_groups()
+    zsh = " ".join(_complete("zsh", "spectramind train tr", tmp_path))
+    assert '"trainer="' in zsh
+    zsh = " ".join(_complete("zsh", "spectramind train trainer=c", tmp_path))
+    assert '"trainer=ci_fast"' in zsh and "kaggle_safe" not in zsh
+    zsh = " ".join(_complete("zsh", "spectramind config show logger=[jsonl,t", tmp_path))
+    assert '"logger=[jsonl,tensorboard"' in zsh
+    # bash splits at "=": the word before it is the group, and the answer is the bare option
+    assert _complete("bash", "spectramind train model = ", tmp_path) == groups["model"]
+    assert _complete("bash", "spectramind train model = r", tmp_path) == [
+        o for o in groups["model"] if o.startswith("r")]
+    assert set(_complete("bash", "spectramind predict trainer=ci_fast optimizer = a", tmp_path)) == {
+        o for o in groups["optimizer"] if o.startswith("a")}

@@ -3,6 +3,7 @@ it writes is declared, params.yaml is Hydra's composition of configs/pipeline.ya
 and `dvc exp run` on the embedded default."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -231,6 +232,13 @@ def test_data_flows_through_declared_outs(stages, params):
     assert ev["plots"] == [f"{out_dir}/per_bin.csv"]
     # cached, so an experiment's metrics reach `dvc exp show` (pipeline/ is git-ignored)
     assert all(ev["cache"].values())
+    # the train stage's curves: DVCLive's files in the fixed folder the pipeline gives it
+    live = params["logger"]["dvclive"]["dir"]
+    train = stages["train"]
+    assert set(params["logger"]) == {"jsonl", "dvclive"}
+    assert train["outs"] == [_own("train"), f"{live}/params.yaml"]
+    assert train["metrics"] == [f"{live}/metrics.json"] and train["plots"] == [f"{live}/plots/metrics"]
+    assert all(train["cache"].values())
 
 
 # ----------------------------------------------------------------------------------------------- slow: real runs
@@ -311,3 +319,8 @@ def test_dvc_repro_then_exp_run_on_an_override(tmp_path):
     params_of = run["data"]["params"]["params.yaml"]["data"]
     assert params_of["optimizer"]["_target_"] == "torch.optim.SGD" and params_of["trainer"]["max_epochs"] == 3
     assert 0.0 <= _score(main) <= 1.0 and 0.0 <= _score(run) <= 1.0
+    # the experiment's training curves reach `dvc exp show` (each one's last value) and `dvc plots show`
+    curves = run["data"]["metrics"]["pipeline/dvclive/metrics.json"]["data"]
+    assert curves["step"] > 0 and math.isfinite(curves["train"]["loss"]) and math.isfinite(curves["val"]["loss"])
+    plotted = json.loads(_dvc(work, "plots", "show", "--json").stdout)["data"]
+    assert "pipeline/dvclive/plots/metrics/train/loss.tsv" in plotted, sorted(plotted)

@@ -135,6 +135,25 @@ def test_tensorboard_and_dvclive_hold_the_same_curves_as_metrics_jsonl(tmp_path)
     assert not (live / "dvc.yaml").exists()  # a stage file inside a DVC output would break `dvc repro`
 
 
+
+def test_a_fixed_dvclive_folder_holds_the_latest_run_and_a_resumed_run_appends_to_its_own(tmp_path):
+    pytest.importorskip("dvclive")
+    chosen = st.build(compose(["logger=[dvclive]", f"logger.dvclive.dir={tmp_path / 'live'}"])).logger
+
+    def log(run_hash: str, steps: range) -> list[int]:
+        (backend,) = metrics.build(chosen, tmp_path / run_hash, run_hash)
+        for step in steps:
+            backend.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
+        backend.close()
+        rows = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+        return [int(r.split("\t")[0]) for r in rows]
+
+    assert log("aaaa", range(0, 3)) == [0, 1, 2]
+    assert log("aaaa", range(3, 5)) == [0, 1, 2, 3, 4]  # the same run, resumed: its curve goes on
+    assert log("bbbb", range(0, 2)) == [0, 1]           # another run: the folder is its alone
+    assert not (tmp_path / "bbbb" / "dvclive").exists()
+    assert "bbbb" in (tmp_path / "live" / "params.yaml").read_text()
+
 @pytest.mark.slow
 def test_mlflow_files_one_run_in_the_run_folder_and_a_resumed_run_goes_on_in_it(tmp_path):
     pytest.importorskip("mlflow")

@@ -37,7 +37,9 @@ app.add_typer(kaggle_app, name="kaggle")
 
 Overrides = Annotated[
     list[str] | None,
-    typer.Argument(help="Hydra overrides: group=option, key=value, +new.key=value, ~key.", show_default=False),
+    typer.Argument(help="Hydra overrides: group=option, key=value, +new.key=value, ~key.", show_default=False,
+                   autocompletion=lambda ctx, incomplete: groups.complete(ctx.params.get("overrides") or [],
+                                                                           incomplete)),
 ]
 
 

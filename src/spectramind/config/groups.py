@@ -58,3 +58,21 @@ def listing() -> str:
             lines.append(f"{mark} {f'{group}={option}':<{width}}  {description(group, option)}")
     return "\n".join(lines) + f"\n(* the default; {MANY})\n"
 
+
+
+def complete(before: list[str], incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of an override: a group's name, then its options with their descriptions
+    (`trainer=c` -> `trainer=ci_fast`; in a list, its last item: `logger=[jsonl,d` -> `logger=[jsonl,dvclive`).
+    `before` are the words typed before it. Bash splits a word at `=` (COMP_WORDBREAKS) and replaces only the
+    text after it: there the group is the word before the `=`, and the completions are bare option names."""
+    found = groups()
+    if len(before) > 1 and before[-1] == "=":
+        group, typed, lead = before[-2], incomplete, ""
+    else:
+        group, eq, typed = incomplete.partition("=")
+        if not eq:
+            return [(f"{g}=", " | ".join(names)) for g, names in found.items() if g.startswith(group)]
+        lead = f"{group}="
+    cut = max(typed.rfind(","), typed.rfind("[")) + 1
+    return [(f"{lead}{typed[:cut]}{option}", description(group, option))
+            for option in found.get(group, []) if option.startswith(typed[cut:])]

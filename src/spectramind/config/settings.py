@@ -242,7 +242,7 @@ class TensorBoardLog:
 
 @dataclass(frozen=True)
 class DvcLiveLog:
-    """No options: always the run folder's `dvclive/`."""
+    dir: str | None            # None: the run folder's dvclive/; a fixed folder for a DVC stage to declare
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def build(chosen: Logger, run_dir: Path, run_hash: str) -> list[MetricsLogger]:
     if chosen.tensorboard is not None:
         backends.append(TensorBoard(run_dir / "tensorboard"))
     if chosen.dvclive is not None:
-        backends.append(DvcLive(run_dir / "dvclive"))
+        folder = Path(chosen.dvclive.dir) if chosen.dvclive.dir else run_dir / "dvclive"
+        backends.append(DvcLive(folder, run_hash))
     if chosen.mlflow is not None:
         backends.append(Mlflow(chosen.mlflow, run_dir, run_hash))
     if chosen.wandb is not None:
@@ -113,17 +114,26 @@ class TensorBoard:
 
 
 class DvcLive:
-    def __init__(self, folder: Path):
-        self.folder = folder
+    """DVCLive's files in `folder`, with the run hash as its one param (params.yaml): a resumed run appends
+    to its own curves, and any other run wipes the folder first, since a fixed folder (logger.dvclive.dir)
+    is shared by every run that names it and holds the latest one's curves."""
+
+    def __init__(self, folder: Path, run_hash: str):
+        self.folder, self.run_hash = folder, run_hash
 
     @functools.cached_property
     def _live(self):
+        import yaml
         from dvclive import Live
 
-        # resume: a resumed run appends to its curves instead of wiping them. No dvc.yaml and no experiment of
-        # its own: a run folder can lie inside a DVC stage's outputs, where DVC refuses a stage file, and
-        # `dvc exp run` records the experiment itself.
-        return Live(str(self.folder), resume=True, save_dvc_exp=False, dvcyaml=False)
+        params = self.folder / "params.yaml"
+        mine = params.is_file() and (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get(
+            "run_hash") == self.run_hash
+        # No dvc.yaml and no experiment of its own: a run folder can lie inside a DVC stage's outputs, where
+        # DVC refuses a stage file, and `dvc exp run` records the experiment itself.
+        live = Live(str(self.folder), resume=mine, save_dvc_exp=False, dvcyaml=False)
+        live.log_param("run_hash", self.run_hash)
+        return live
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         self._live.step = step
