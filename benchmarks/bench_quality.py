@@ -1,5 +1,5 @@
 """Quality on a held-out simulated set made with another seed: the fit, the fit calibrated on labels,
-residual, cnn1d and the per-bin oracle.
+residual, cnn1d, a K-fold cross-validation and the per-bin oracle.
 
 The simulator's defaults do not share the fit's model (disc-integrated transit with Claret's law, a
 drawn orbit, a non-separable drift, photometric jitter, the real non-linearity). Trains `residual` and
@@ -7,7 +7,9 @@ drawn orbit, a non-separable drift, photometric jitter, the real non-linearity).
 simulated set (seed 43, every planet labelled) with each model and with the physics fit, and scores them
 against the truth with the naive reference taken from the training labels. `fit` is the joint fit
 alone; `fit+calibration` the fit stage's calibration on the held-out store's own labelled training
-split, applied out of fold to those planets (models.calibration). The per-bin oracle is the
+split, applied out of fold to those planets (models.calibration); `K-fold cv:<model>` is `spectramind
+cv data.split.folds=K` on the held-out set, each planet predicted by what was fitted on the other folds
+(the fit's calibration and the net), the way competitors choose a model. The per-bin oracle is the
 simulator's own noise limit for a fit that knows the transit shape (reference section 2). Prints one
 JSON object with a table: score, ratio to the oracle, RMSE, the share of |z| below 1 and 2 and the
 worst planet's score per model.
@@ -35,25 +37,54 @@ def data_overrides(out: Path, name: str, planets: int, test_fraction: float, wor
     # Full size: the real read counts, binned as the competition's data is (187 time bins).
     size = ["data.simulate.full_size=true", "data.calibrate.airs_bin=30", "data.calibrate.fgs1_bin=360"]
     return [*(size if full_size else []), f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
+            f"data.baseline={out / name / 'baseline'}",  # one fit per store, for the rows and `cv` alike
             f"data.simulate.n_train={planets}", "data.simulate.n_test=1", f"data.num_workers={workers}",
             "data.split.val_fraction=0.15" if test_fraction == 0 else "data.split.val_fraction=0.0",
             f"data.split.test_fraction={test_fraction}"]
 
 
-def train(model: str, out: Path, overrides: list[str], epochs: int) -> Path:
-    """`spectramind train` in a subprocess (the real code path); returns the run folder."""
-    args = [f"model={model}", f"paths.output_dir={out}", f"seed={TRAIN_SEED}", "trainer.device=cpu",
+CLI = [sys.executable, "-m", "spectramind"]
+
+
+def training_args(model: str, out: Path, seed: int, epochs: int) -> list[str]:
+    """The overrides every training here runs with: CPU, fp32, one process."""
+    return [f"model={model}", f"paths.output_dir={out}", f"seed={seed}", "trainer.device=cpu",
             "trainer.precision=fp32", f"trainer.max_epochs={epochs}", "trainer.batch_size=16",
-            "trainer.accumulate_grad_batches=1", "trainer.loader.num_workers=0",
-            "trainer.loader.pin_memory=false",
-            "trainer.loader.prefetch_factor=null", "trainer.early_stopping.patience=6", *overrides]
-    cli = [sys.executable, "-m", "spectramind"]
-    done = subprocess.run([*cli, "train", *args], capture_output=True, text=True)
+            "trainer.accumulate_grad_batches=1", "trainer.loader.num_workers=0", "trainer.loader.pin_memory=false",
+            "trainer.loader.prefetch_factor=null", "trainer.early_stopping.patience=6"]
+
+
+def spectramind(command: str, args: list[str]) -> None:
+    """A `spectramind` command in a subprocess (the real code path); its stderr's end if it fails."""
+    done = subprocess.run([*CLI, command, *args], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"train {model} failed:\n{done.stderr[-3000:]}")
-    hash_ = subprocess.run([*cli, "config", "hash", *args], capture_output=True, text=True,
+        raise SystemExit(f"spectramind {command} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+
+
+def train(model: str, out: Path, overrides: list[str], epochs: int) -> Path:
+    """`spectramind train` on the training set; returns the run folder."""
+    args = [*training_args(model, out, TRAIN_SEED, epochs), *overrides]
+    spectramind("train", args)
+    hash_ = subprocess.run([*CLI, "config", "hash", *args], capture_output=True, text=True,
                            check=True).stdout.strip()
     return out / "runs" / hash_
+
+
+def cross_validated(model: str, out: Path, overrides: list[str], folds: int,
+                    epochs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """`spectramind cv data.split.folds=K` on the held-out set: every planet predicted by the model (and
+    the fit's label calibration) fitted on the other folds; its out-of-fold submission."""
+    start = time.time()
+    # the nets' validation planets (early stopping, output calibration), drawn from the other folds
+    data = [o for o in overrides if not o.startswith("data.split.val_fraction=")]
+    args = [*training_args(model, out / "cv", HELDOUT_SEED, epochs), *data, f"data.split.folds={folds}",
+            "data.split.val_fraction=0.15"]
+    spectramind("cv", args)
+    report = max((out / "cv" / "cv").glob("*/cv.json"), key=lambda p: p.stat().st_mtime)
+    oof = pd.read_csv(json.loads(report.read_text())["oof_submission"])
+    mu = oof[[c for c in oof.columns if c.startswith("wl_")]].to_numpy(np.float64)
+    sigma = oof[[c for c in oof.columns if c.startswith("sigma_")]].to_numpy(np.float64)
+    return oof["planet_id"].to_numpy(), mu, sigma, time.time() - start
 
 
 def predict(net, trained, store: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -105,7 +136,9 @@ def main() -> None:
     parser.add_argument("--cnn-epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--full-size", action="store_true", help="the real read counts (slow: ~20 s a visit)")
-    parser.add_argument("--models", default="fit,fit+calibration,residual,cnn1d")
+    parser.add_argument("--models", default="fit,fit+calibration,residual,cnn1d,cv:residual",
+                        help="rows; cv:<model> is `spectramind cv` on the held-out set, out of fold")
+    parser.add_argument("--cv-folds", type=int, default=8)
     args = parser.parse_args()
 
     from spectramind.config.stage import load
@@ -119,7 +152,7 @@ def main() -> None:
     timings = {}
     start = time.time()
     # The training set's bytes matter only to the nets; for the fit rows it gives the naive reference (labels).
-    nets = any(m in ("residual", "cnn1d") for m in args.models.split(","))
+    nets = any(m in ("residual", "cnn1d") for m in args.models.split(","))  # cv:<net> trains on the held-out set
     train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers, args.full_size and nets)
     heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args.workers,  # scored on "all"
                                   args.full_size)
@@ -141,6 +174,11 @@ def main() -> None:
         t0 = time.time()
         if name in ("fit", "fit+calibration"):
             ids, mu, sigma, seconds = fit_from_sidecar(heldout, store, calibrated=name != "fit")
+        elif name.startswith("cv:"):
+            model = name.removeprefix("cv:")
+            epochs = args.residual_epochs if model == "residual" else args.cnn_epochs
+            ids, mu, sigma, seconds = cross_validated(model, args.out, heldout_data, args.cv_folds, epochs)
+            name = f"{args.cv_folds}-fold cv:{model}"
         else:
             epochs = args.residual_epochs if name == "residual" else args.cnn_epochs
             run = train(name, args.out, train_data, epochs)  # builds its missing inputs (calibrate, fit)

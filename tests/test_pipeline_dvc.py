@@ -296,6 +296,13 @@ def test_dvc_repro_then_exp_run_on_an_override(tmp_path):
     assert 0.0 <= metrics["score"] <= 1.0
     assert (work / "pipeline" / "predict" / "submission.csv").is_file()
 
+    # README's "From Kaggle": the pipeline's trained run exported through params.yaml
+    exported = subprocess.run([str(Path(BIN) / "spectramind"), "export", "--params", "params.yaml",
+                               str(tmp_path / "model")], cwd=work, env=_env(work), capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    (trained,) = [p.name for p in (work / "pipeline" / "train" / "runs").iterdir()]
+    assert json.loads((tmp_path / "model" / "export.json").read_text())["run"] == trained
+
     again = _dvc(work, "repro")
     assert "Running stage" not in again.stdout, again.stdout
     assert "score" in _dvc(work, "metrics", "show", "--json").stdout

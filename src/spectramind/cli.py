@@ -338,13 +338,15 @@ def _cv_fold(overrides: list[str]) -> dict:
 def export(
     overrides: Overrides = None,
     out: Annotated[str, typer.Argument(help="A new folder to write the model into.", show_default=False)] = ...,
+    params: Params = None,
 ) -> None:
     """Write a training run (`run=<run folder|hash|latest>`) as a self-contained model folder, which
-    `spectramind predict run=OUT` loads on a machine that has never seen the run."""
+    `spectramind predict run=OUT` loads on a machine that has never seen the run. After `dvc repro`:
+    `spectramind export --params params.yaml OUT` (the train stage's newest finished run)."""
     from spectramind.config.stage import load
     from spectramind.evaluate.export import export as export_run
 
-    done = export_run(load(_run_override(overrides))[1], out)
+    done = export_run(load(_run_override(overrides), params)[1], out)
     typer.echo(f"export: run {done['run']} ({done['model']}) -> {done['out']}; predict with "
                f"`spectramind predict run={done['out']} {' '.join(done['overrides'])}`")
 
