@@ -1,7 +1,6 @@
 """Simulate a small set, calibrate it, and read it back: truth recovered, files as promised, cached."""
 
 import json
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -242,26 +241,3 @@ def test_unknown_split_is_a_data_error(built):
 
     with pytest.raises(DataError, match="split 'holdout'"):
         LightCurveDataset(built[1], "holdout")
-
-
-@pytest.mark.slow
-def test_default_synthetic_set_simulates_and_calibrates_quickly(tmp_path):
-    """The embedded default, through the real CLI: simulate + calibrate within ~30 s of 2 idle cores.
-
-    Measured in CPU seconds of the commands and their workers: wall time on a shared machine says more
-    about the neighbours than about this code.
-    """
-    import resource
-    import subprocess
-    import sys
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    for stage in ("simulate", "calibrate"):
-        command = [sys.executable, "-m", "spectramind", stage, f"paths.output_dir={tmp_path}"]
-        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ}, check=False)
-        assert result.returncode == 0, result.stderr
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    summary = json.loads((tmp_path / "data/synthetic/store/summary.json").read_text())
-    assert summary["planets"] == 44
-    assert cpu / 2 < 40, f"{cpu:.0f} CPU seconds for the default set"
