@@ -37,7 +37,6 @@ def data_overrides(out: Path, name: str, planets: int, test_fraction: float, wor
     # Full size: the real read counts, binned as the competition's data is (187 time bins).
     size = ["data.simulate.full_size=true", "data.calibrate.airs_bin=30", "data.calibrate.fgs1_bin=360"]
     return [*(size if full_size else []), f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
-            f"data.baseline={out / name / 'baseline'}",  # one fit per store, for the rows and `cv` alike
             f"data.simulate.n_train={planets}", "data.simulate.n_test=1", f"data.num_workers={workers}",
             "data.split.val_fraction=0.15" if test_fraction == 0 else "data.split.val_fraction=0.0",
             f"data.split.test_fraction={test_fraction}"]
@@ -75,10 +74,11 @@ def cross_validated(model: str, out: Path, overrides: list[str], folds: int,
     """`spectramind cv data.split.folds=K` on the held-out set: every planet predicted by the model (and
     the fit's label calibration) fitted on the other folds; its out-of-fold submission."""
     start = time.time()
-    # the nets' validation planets (early stopping, output calibration), drawn from the other folds
-    data = [o for o in overrides if not o.startswith("data.split.val_fraction=")]
-    args = [*training_args(model, out / "cv", HELDOUT_SEED, epochs), *data, f"data.split.folds={folds}",
-            "data.split.val_fraction=0.15"]
+    # The nets' validation planets (early stopping, output calibration) are drawn from the other folds. The
+    # split is part of the store's settings, so cv calibrates the same raw set into a store of its own.
+    data = [o for o in overrides if not o.startswith(("data.split.val_fraction=", "data.store="))]
+    args = [*training_args(model, out / "cv", HELDOUT_SEED, epochs), *data, f"data.store={out / 'cv' / 'store'}",
+            f"data.split.folds={folds}", "data.split.val_fraction=0.15"]
     spectramind("cv", args)
     report = max((out / "cv" / "cv").glob("*/cv.json"), key=lambda p: p.stat().st_mtime)
     oof = pd.read_csv(json.loads(report.read_text())["oof_submission"])
