@@ -59,7 +59,6 @@ def listing() -> str:
     return "\n".join(lines) + f"\n(* the default; {MANY})\n"
 
 
-
 def complete(before: list[str], incomplete: str) -> list[tuple[str, str]]:
     """Shell completion of an override: a group's name, then its options with their descriptions
     (`trainer=c` -> `trainer=ci_fast`; in a list, its last item: `logger=[jsonl,d` -> `logger=[jsonl,dvclive`).
