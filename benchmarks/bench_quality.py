@@ -73,6 +73,8 @@ def cross_validated(model: str, out: Path, overrides: list[str], folds: int,
                     epochs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """`spectramind cv data.split.folds=K` on the held-out set: every planet predicted by the model (and
     the fit's label calibration) fitted on the other folds; its out-of-fold submission."""
+    from spectramind.evaluate import submission
+
     start = time.time()
     # The nets' validation planets (early stopping, output calibration) are drawn from the other folds. The
     # split is part of the store's settings, so cv calibrates the same raw set into a store of its own.
@@ -81,10 +83,8 @@ def cross_validated(model: str, out: Path, overrides: list[str], folds: int,
             f"data.split.folds={folds}", "data.split.val_fraction=0.15"]
     spectramind("cv", args)
     report = max((out / "cv" / "cv").glob("*/cv.json"), key=lambda p: p.stat().st_mtime)
-    oof = pd.read_csv(json.loads(report.read_text())["oof_submission"])
-    mu = oof[[c for c in oof.columns if c.startswith("wl_")]].to_numpy(np.float64)
-    sigma = oof[[c for c in oof.columns if c.startswith("sigma_")]].to_numpy(np.float64)
-    return oof["planet_id"].to_numpy(), mu, sigma, time.time() - start
+    oof = submission.read(json.loads(report.read_text())["oof_submission"])
+    return oof["planet_id"].to_numpy(), *submission.arrays(oof), time.time() - start
 
 
 def predict(net, trained, store: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -170,18 +170,20 @@ def main() -> None:
     train_raw = Path(training.data.root)
 
     rows, models = {}, args.models.split(",")
+
+    def epochs(model: str) -> int:  # model=fit trains nothing: its value is only a key of the config
+        return args.residual_epochs if model == "residual" else args.cnn_epochs
+
     for name in models:
         t0 = time.time()
         if name in ("fit", "fit+calibration"):
             ids, mu, sigma, seconds = fit_from_sidecar(heldout, store, calibrated=name != "fit")
         elif name.startswith("cv:"):
             model = name.removeprefix("cv:")
-            epochs = args.residual_epochs if model == "residual" else args.cnn_epochs
-            ids, mu, sigma, seconds = cross_validated(model, args.out, heldout_data, args.cv_folds, epochs)
+            ids, mu, sigma, seconds = cross_validated(model, args.out, heldout_data, args.cv_folds, epochs(model))
             name = f"{args.cv_folds}-fold cv:{model}"
         else:
-            epochs = args.residual_epochs if name == "residual" else args.cnn_epochs
-            run = train(name, args.out, train_data, epochs)  # builds its missing inputs (calibrate, fit)
+            run = train(name, args.out, train_data, epochs(name))  # builds its missing inputs (calibrate, fit)
             target = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}", f"model={name}",
                            f"predict.run={run}"])[1]
             net, trained, _ = load_model(target, attrs)

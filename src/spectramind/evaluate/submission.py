@@ -69,8 +69,7 @@ def validate(frame: pd.DataFrame, expected_ids: Sequence[int] | None = None,
         if missing or extra:
             raise DataError(f"submission: {len(missing)} planet_id(s) missing (e.g. {missing[:1]}), "
                             f"{len(extra)} unexpected (e.g. {extra[:1]})")
-    mu = frame[[c for c in columns if c.startswith("wl_")]].to_numpy(dtype=np.float64)
-    sigma = frame[[c for c in columns if c.startswith("sigma_")]].to_numpy(dtype=np.float64)
+    mu, sigma = arrays(frame)
     for name, values, ok in (("mu", mu, mu >= 0), ("sigma", sigma, sigma > 0)):
         if not np.isfinite(values).all():
             row = int(np.argwhere(~np.isfinite(values))[0, 0])
@@ -79,6 +78,13 @@ def validate(frame: pd.DataFrame, expected_ids: Sequence[int] | None = None,
             row, col = np.argwhere(~ok)[0]
             raise DataError(f"submission: {name} = {values[row, col]:.3g} in bin {col + 1} of planet_id "
                             f"{ids.iloc[row]} (expected {'>= 0' if name == 'mu' else '> 0'})")
+
+
+def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A submission frame's mu and sigma columns, each (planets, bins) in float64."""
+    mu = frame[[c for c in frame.columns if c.startswith("wl_")]].to_numpy(np.float64)
+    sigma = frame[[c for c in frame.columns if c.startswith("sigma_")]].to_numpy(np.float64)
+    return mu, sigma
 
 
 def write(path: str | os.PathLike, planet_ids: Sequence[int], mu: np.ndarray, sigma: np.ndarray,

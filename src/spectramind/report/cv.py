@@ -73,8 +73,7 @@ def report(s: Settings, overrides: list[str], runs: list[dict]) -> dict:
     ids = oof["planet_id"].tolist()
     assert sorted(ids) == sorted(p for name in LABELLED for p in manifest["splits"][name]), "not every planet once"
     fold = np.concatenate([np.full(len(f), k) for k, f in enumerate(frames)])
-    mu = oof[[c for c in oof.columns if c.startswith("wl_")]].to_numpy(np.float64)
-    sigma = oof[[c for c in oof.columns if c.startswith("sigma_")]].to_numpy(np.float64)
+    mu, sigma = submission.arrays(oof)
     y, naive_mean, naive_sigma, sigma_opt = load_truth(s.data.root, ids)
 
     def scored(rows):
