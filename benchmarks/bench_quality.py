@@ -15,6 +15,9 @@ JSON object with a table: score, ratio to the oracle, RMSE, the share of |z| bel
 worst planet's score per model.
 
 Everything is cached under --out (stores, sidecars, runs): running it again resumes where it stopped.
+At full size a visit's raw frames take 0.5 GB, so `--chunk N` streams the held-out set for the fit rows: N
+planets at a time (seeds 43, 44, ...) are simulated, calibrated and fitted, their raw frames deleted, and
+the rows scored over all the chunks together.
 """
 
 from __future__ import annotations
@@ -119,6 +122,50 @@ def fit_from_sidecar(s, store: Path, calibrated: bool) -> tuple[np.ndarray, np.n
     return ids, np.maximum(mu, 0.0), sigma, time.time() - start
 
 
+def streamed_fit_rows(args, names: list[str]) -> tuple[dict, dict]:
+    """The fit rows over `args.test_planets` held-out planets, `args.chunk` at a time: each chunk is
+    simulated (its own seed), calibrated and fitted, its (ids, mu, sigma) per row and its labels saved, and
+    its raw frames deleted; a rerun skips the chunks that are saved. Returns per row the concatenated
+    (y, mu, sigma, oracle sigma), and the timings."""
+    from spectramind import files
+    from spectramind.config.stage import load
+    from spectramind.data.prepare import calibrate
+    from spectramind.data.simulate import simulate_raw
+    from spectramind.evaluate.evaluate import load_truth
+
+    parts: dict[str, list] = {name: [] for name in names}
+    timings = {"heldout_data_s": 0.0, "fit_s": 0.0}
+    for c in range(-(-args.test_planets // args.chunk)):
+        planets = min(args.chunk, args.test_planets - c * args.chunk)
+        folder = args.out / "heldout" / f"chunk{c}"
+        saved = folder / "rows.npz"
+        if not saved.is_file():
+            data = data_overrides(folder.parent, folder.name, planets, 0.5, args.workers, args.full_size)
+            s = load([*data, f"seed={HELDOUT_SEED + c}", f"paths.output_dir={args.out}"])[1]
+            t0 = time.time()
+            simulate_raw(s, progress=False)
+            calibrate(s, progress=False)
+            timings["heldout_data_s"] += time.time() - t0
+            rows = {}
+            for name in names:
+                ids, mu, sigma, seconds = fit_from_sidecar(s, Path(s.data.store), calibrated=name != "fit")
+                timings["fit_s"] += seconds
+                y, _, _, sigma_opt = load_truth(s.data.root, ids)
+                rows.update({f"{name}/y": y, f"{name}/mu": mu, f"{name}/sigma": sigma, f"{name}/opt": sigma_opt})
+            if any(v is None for v in rows.values()):
+                raise SystemExit(f"{s.data.root}: the simulator wrote no oracle noise file")
+            with files.atomic_path(saved) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **rows)
+            for signal in Path(s.data.root).rglob("*.parquet"):  # the frames; the labels and star info stay
+                signal.unlink()
+        with np.load(saved) as f:
+            for name in names:
+                parts[name].append([f[f"{name}/{k}"] for k in ("y", "mu", "sigma", "opt")])
+        print(json.dumps({"chunk": c, "planets": planets}), file=sys.stderr, flush=True)
+    joined = {name: [np.concatenate(column) for column in zip(*chunks, strict=True)] for name, chunks in parts.items()}
+    return joined, {k: round(v, 1) for k, v in timings.items()}
+
+
 def worst_planet(y, mu, sigma, naive_mean, naive_sigma) -> float:
     """The lowest per-planet score (each planet's bins weighted as the competition weights them)."""
     from spectramind import metric
@@ -139,21 +186,70 @@ def main() -> None:
     parser.add_argument("--models", default="fit,fit+calibration,residual,cnn1d,cv:residual",
                         help="rows; cv:<model> is `spectramind cv` on the held-out set, out of fold")
     parser.add_argument("--cv-folds", type=int, default=8)
+    parser.add_argument("--chunk", type=int, default=0,
+                        help="stream the held-out set N planets at a time (fit rows only; 0: all at once)")
     args = parser.parse_args()
+    models = args.models.split(",")
+    if args.chunk and not set(models) <= {"fit", "fit+calibration"}:
+        parser.error(f"--chunk streams the fit rows only, not {sorted(set(models) - {'fit', 'fit+calibration'})}")
 
+    from spectramind.config.stage import load
+    from spectramind.data.simulate import simulate_raw
+    from spectramind.data.store import read_store_attrs
+    from spectramind.evaluate.evaluate import score_report
+    from spectramind.metric import naive_stats
+
+    timings = {}
+    # The training set's bytes matter only to the nets; for the fit rows it gives the naive reference (labels).
+    nets = any(m in ("residual", "cnn1d") for m in models)  # cv:<net> trains on the held-out set
+    train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers, args.full_size and nets)
+    t0 = time.time()
+    training = load([*train_data, f"seed={TRAIN_SEED}", f"paths.output_dir={args.out}"])[1]
+    simulate_raw(training, progress=False)  # its labels give the naive reference; `spectramind train` finds it
+    timings["train_data_s"] = round(time.time() - t0, 1)
+    train_raw = Path(training.data.root)
+    naive_mean, naive_sigma = naive_stats(pd.read_csv(train_raw / "train.csv").set_index("planet_id"))
+    rows = {}
+
+    def score(name: str, y, mu, sigma, sigma_opt) -> None:
+        metrics, _ = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
+        rows[name] = {k: round(metrics[k], 4) for k in ("score", "ratio_to_oracle", "rmse", "within_1sigma",
+                                                         "within_2sigma", "within_1sigma_fgs1")}
+        rows[name]["worst_planet"] = round(worst_planet(y, mu, sigma, naive_mean, naive_sigma), 4)
+        rows.setdefault("per_bin_oracle", {"score": round(metrics["oracle_score"], 4), "ratio_to_oracle": 1.0})
+        print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
+
+    if args.chunk:
+        streamed, chunk_timings = streamed_fit_rows(args, models)
+        timings.update(chunk_timings)
+        for name, (y, mu, sigma, sigma_opt) in streamed.items():
+            score(name, y, mu, sigma, sigma_opt)
+        planets, time_bins = len(y), read_store_attrs(args.out / "heldout" / "chunk0" / "store")["n_time"]
+    else:
+        planets, time_bins = heldout_rows(args, models, train_data, timings, score)
+
+    report = {"heldout_planets": planets, "train_planets": args.train_planets, "heldout_seed": HELDOUT_SEED,
+              "chunk": args.chunk or None, "train_seed": TRAIN_SEED, "time_bins": time_bins, "table": rows,
+              "timings_s": timings,
+              "goals": {"fit >= 0.85 x oracle": rows.get("fit", {}).get("ratio_to_oracle", 0) >= 0.85,
+                        "calibrated >= 1.0 x oracle": rows.get("fit+calibration", {}).get("ratio_to_oracle", 0) >= 1.0,
+                        "|z|<1 in 0.62-0.74": {k: 0.62 <= r.get("within_1sigma", 0) <= 0.74
+                                               for k, r in rows.items() if "within_1sigma" in r},
+                        "no planet below 0": {k: r["worst_planet"] >= 0 for k, r in rows.items()
+                                              if "worst_planet" in r}}}
+    print(json.dumps(report, indent=2))
+
+
+def heldout_rows(args, models: list[str], train_data: list[str], timings: dict, score) -> tuple[int, int]:
+    """Every row on the held-out set built at once; returns its planet and time-bin counts."""
     from spectramind.config.stage import load
     from spectramind.data.prepare import calibrate
     from spectramind.data.simulate import simulate_raw
     from spectramind.data.store import read_store_attrs
-    from spectramind.evaluate.evaluate import load_truth, score_report
+    from spectramind.evaluate.evaluate import load_truth
     from spectramind.evaluate.predict import load_model
-    from spectramind.metric import naive_stats
 
-    timings = {}
     start = time.time()
-    # The training set's bytes matter only to the nets; for the fit rows it gives the naive reference (labels).
-    nets = any(m in ("residual", "cnn1d") for m in args.models.split(","))  # cv:<net> trains on the held-out set
-    train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers, args.full_size and nets)
     heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args.workers,  # scored on "all"
                                   args.full_size)
     heldout = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}"])[1]
@@ -162,14 +258,6 @@ def main() -> None:
     store = Path(heldout.data.store)
     timings["heldout_data_s"] = round(time.time() - start, 1)
     attrs = read_store_attrs(store)
-    raw = Path(heldout.data.root)
-    t0 = time.time()
-    training = load([*train_data, f"seed={TRAIN_SEED}", f"paths.output_dir={args.out}"])[1]
-    simulate_raw(training, progress=False)  # its labels give the naive reference; `spectramind train` finds it
-    timings["train_data_s"] = round(time.time() - t0, 1)
-    train_raw = Path(training.data.root)
-
-    rows, models = {}, args.models.split(",")
 
     def epochs(model: str) -> int:  # model=fit trains nothing: its value is only a key of the config
         return args.residual_epochs if model == "residual" else args.cnn_epochs
@@ -190,24 +278,9 @@ def main() -> None:
             timings[f"{name}_train_s"] = round(time.time() - t0, 1)
             ids, mu, sigma, seconds = predict(net, trained, store)
         timings[f"{name}_predict_s"] = round(seconds, 1)
-        y, _, _, sigma_opt = load_truth(raw, ids)
-        naive_mean, naive_sigma = naive_stats(pd.read_csv(train_raw / "train.csv").set_index("planet_id"))
-        metrics, _ = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
-        rows[name] = {k: round(metrics[k], 4) for k in ("score", "ratio_to_oracle", "rmse", "within_1sigma",
-                                                         "within_2sigma", "within_1sigma_fgs1")}
-        rows[name]["worst_planet"] = round(worst_planet(y, mu, sigma, naive_mean, naive_sigma), 4)
-        rows.setdefault("per_bin_oracle", {"score": round(metrics["oracle_score"], 4), "ratio_to_oracle": 1.0})
-        print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
-
-    report = {"heldout_planets": len(ids), "train_planets": args.train_planets, "heldout_seed": HELDOUT_SEED,
-              "train_seed": TRAIN_SEED, "time_bins": attrs["n_time"], "table": rows, "timings_s": timings,
-              "goals": {"fit >= 0.85 x oracle": rows.get("fit", {}).get("ratio_to_oracle", 0) >= 0.85,
-                        "calibrated >= 1.0 x oracle": rows.get("fit+calibration", {}).get("ratio_to_oracle", 0) >= 1.0,
-                        "|z|<1 in 0.62-0.74": {k: 0.62 <= r.get("within_1sigma", 0) <= 0.74
-                                               for k, r in rows.items() if "within_1sigma" in r},
-                        "no planet below 0": {k: r["worst_planet"] >= 0 for k, r in rows.items()
-                                              if "worst_planet" in r}}}
-    print(json.dumps(report, indent=2))
+        y, _, _, sigma_opt = load_truth(heldout.data.root, ids)
+        score(name, y, mu, sigma, sigma_opt)
+    return len(ids), attrs["n_time"]
 
 
 if __name__ == "__main__":
