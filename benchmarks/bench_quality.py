@@ -33,14 +33,17 @@ import numpy as np
 import pandas as pd
 
 TRAIN_SEED, HELDOUT_SEED = 42, 43
+NETS = ("residual", "cnn1d")  # the rows that train on the training set (cv:<net> trains on the held-out set)
 
 
-def data_overrides(out: Path, name: str, planets: int, test_fraction: float, workers: int,
-                   full_size: bool) -> list[str]:
+def data_overrides(out: Path, name: str, planets: int, test_fraction: float, args) -> list[str]:
+    """One set's data settings: its folders and size, the split it is scored on, and --full-size/--simulate."""
     # Full size: the real read counts, binned as the competition's data is (187 time bins).
     size = ["data.simulate.full_size=true", "data.calibrate.airs_bin=30", "data.calibrate.fgs1_bin=360"]
-    return [*(size if full_size else []), f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
-            f"data.simulate.n_train={planets}", "data.simulate.n_test=1", f"data.num_workers={workers}",
+    full_size = args.full_size and (name != "train" or any(m in NETS for m in args.models.split(",")))
+    return [*(size if full_size else []), *(f"data.simulate.{o}" for o in args.simulate),
+            f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
+            f"data.simulate.n_train={planets}", "data.simulate.n_test=1", f"data.num_workers={args.workers}",
             "data.split.val_fraction=0.15" if test_fraction == 0 else "data.split.val_fraction=0.0",
             f"data.split.test_fraction={test_fraction}"]
 
@@ -140,7 +143,7 @@ def streamed_fit_rows(args, names: list[str]) -> tuple[dict, dict]:
         folder = args.out / "heldout" / f"chunk{c}"
         saved = folder / "rows.npz"
         if not saved.is_file():
-            data = data_overrides(folder.parent, folder.name, planets, 0.5, args.workers, args.full_size)
+            data = data_overrides(folder.parent, folder.name, planets, 0.5, args)
             s = load([*data, f"seed={HELDOUT_SEED + c}", f"paths.output_dir={args.out}"])[1]
             t0 = time.time()
             simulate_raw(s, progress=False)
@@ -186,6 +189,8 @@ def main() -> None:
     parser.add_argument("--models", default="fit,fit+calibration,residual,cnn1d,cv:residual",
                         help="rows; cv:<model> is `spectramind cv` on the held-out set, out of fold")
     parser.add_argument("--cv-folds", type=int, default=8)
+    parser.add_argument("--simulate", action="append", default=[], metavar="KEY=VALUE",
+                        help="a data.simulate setting for both sets, e.g. limb_darkening=quadratic (repeatable)")
     parser.add_argument("--chunk", type=int, default=0,
                         help="stream the held-out set N planets at a time (fit rows only; 0: all at once)")
     args = parser.parse_args()
@@ -201,8 +206,7 @@ def main() -> None:
 
     timings = {}
     # The training set's bytes matter only to the nets; for the fit rows it gives the naive reference (labels).
-    nets = any(m in ("residual", "cnn1d") for m in models)  # cv:<net> trains on the held-out set
-    train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args.workers, args.full_size and nets)
+    train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args)
     t0 = time.time()
     training = load([*train_data, f"seed={TRAIN_SEED}", f"paths.output_dir={args.out}"])[1]
     simulate_raw(training, progress=False)  # its labels give the naive reference; `spectramind train` finds it
@@ -229,7 +233,7 @@ def main() -> None:
         planets, time_bins = heldout_rows(args, models, train_data, timings, score)
 
     report = {"heldout_planets": planets, "train_planets": args.train_planets, "heldout_seed": HELDOUT_SEED,
-              "chunk": args.chunk or None, "train_seed": TRAIN_SEED, "time_bins": time_bins, "table": rows,
+              "chunk": args.chunk or None, "simulate": args.simulate, "train_seed": TRAIN_SEED, "time_bins": time_bins, "table": rows,
               "timings_s": timings,
               "goals": {"fit >= 0.85 x oracle": rows.get("fit", {}).get("ratio_to_oracle", 0) >= 0.85,
                         "calibrated >= 1.0 x oracle": rows.get("fit+calibration", {}).get("ratio_to_oracle", 0) >= 1.0,
@@ -250,8 +254,7 @@ def heldout_rows(args, models: list[str], train_data: list[str], timings: dict, 
     from spectramind.evaluate.predict import load_model
 
     start = time.time()
-    heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args.workers,  # scored on "all"
-                                  args.full_size)
+    heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args)  # scored on "all"
     heldout = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}"])[1]
     simulate_raw(heldout, progress=False)
     calibrate(heldout, progress=False)
