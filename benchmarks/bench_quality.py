@@ -233,8 +233,8 @@ def main() -> None:
         planets, time_bins = heldout_rows(args, models, train_data, timings, score)
 
     report = {"heldout_planets": planets, "train_planets": args.train_planets, "heldout_seed": HELDOUT_SEED,
-              "chunk": args.chunk or None, "simulate": args.simulate, "train_seed": TRAIN_SEED, "time_bins": time_bins, "table": rows,
-              "timings_s": timings,
+              "chunk": args.chunk or None, "simulate": args.simulate, "train_seed": TRAIN_SEED,
+              "time_bins": time_bins, "table": rows, "timings_s": timings,
               "goals": {"fit >= 0.85 x oracle": rows.get("fit", {}).get("ratio_to_oracle", 0) >= 0.85,
                         "calibrated >= 1.0 x oracle": rows.get("fit+calibration", {}).get("ratio_to_oracle", 0) >= 1.0,
                         "|z|<1 in 0.62-0.74": {k: 0.62 <= r.get("within_1sigma", 0) <= 0.74
