@@ -45,11 +45,12 @@ def _curves(time_h, t0, period, a, inc, rp, law, coefficients):
 
 
 def make_visits(b=2, t=120, n=32, noise=3e-4, seed=0, law="quadratic", transit=True, t0_shift=0.0,
-                drift=2e-3, jitter_amp=5e-4, red=0.0):
+                drift=2e-3, jitter_amp=5e-4, red=0.0, jitter_per_bin=False):
     """A batch as the dataset yields it (n bins: FGS1, then AIRS bins spread over its range), and the truth.
 
     The drift is a cubic in time whose amplitude depends on wavelength plus a cross term (not separable),
-    the pointing jitter moves each bin's flux by a wavelength-dependent amount, the noise is white
+    the pointing jitter moves each bin's flux by a wavelength-dependent amount (with `jitter_per_bin`, by
+    each bin's own amount, as each detector column's PSF and spectral slope make it), the noise is white
     (plus, with `red`, smooth noise on the transit's time scale). FGS1's noise is 5x lower.
     """
     rng = np.random.default_rng(seed)
@@ -61,6 +62,7 @@ def make_visits(b=2, t=120, n=32, noise=3e-4, seed=0, law="quadratic", transit=T
              "u": np.zeros((b, n, 2))}
     flux = np.zeros((b, n, t))
     jitter = rng.normal(size=(b, t, 2))
+    response = rng.uniform(-1.5, 1.5, n) if jitter_per_bin else wl / 3
     for i in range(b):
         period = rng.uniform(3, 7)
         a, inc = 4.2 * period ** (2 / 3) * rng.uniform(0.9, 1.3), rng.uniform(87.5, 89.8)  # T14 < 5 h
@@ -74,7 +76,7 @@ def make_visits(b=2, t=120, n=32, noise=3e-4, seed=0, law="quadratic", transit=T
         flux[i] = _curves(time_h, t0, period, a, inc, np.sqrt(depth), law, coefficients) if transit else 1.0
         amp = drift * (1 + 0.3 * (wl - 2.5))[:, None]
         systematics = (amp * (0.8 * tn + 0.5 * tn**2 - 0.4 * tn**3) + 0.2 * drift * np.outer(wl - 2.5, tn**2)
-                       + jitter_amp * jitter[i, :, 0] * (wl / 3)[:, None])
+                       + jitter_amp * jitter[i, :, 0] * response[:, None])
         flux[i] *= (1 + systematics) * rng.uniform(0.8, 1.2, (n, 1))
         truth["depth"][i], truth["t0"][i], truth["a"][i], truth["inc"][i] = depth, t0, a, inc
         truth["u"][i] = np.c_[u1, u2]
@@ -197,6 +199,19 @@ def test_jitter_regressors_remove_pointing_systematics():
     with_j = (fit(batch)["mu"] - depth).pow(2).mean()
     without = (fit(batch, use_jitter=False)["mu"] - depth).pow(2).mean()
     assert with_j < 0.5 * without
+
+
+@pytest.mark.slow
+def test_jitter_coefficients_per_bin_follow_each_bins_own_response():
+    """A pointing response that differs bin by bin: the default (a coefficient per bin) removes it, a
+    wavelength polynomial cannot, and sigma stays honest."""
+    batch, truth = make_visits(b=2, jitter_amp=1e-2, seed=12, jitter_per_bin=True)
+    depth = torch.from_numpy(truth["depth"])
+    per_bin = fit(batch)
+    smooth = fit(batch, jitter_wavelength_degree=1)
+    assert (per_bin["mu"] - depth).pow(2).mean() < 0.25 * (smooth["mu"] - depth).pow(2).mean()
+    z = ((per_bin["mu"] - depth) / per_bin["sigma"])[:, 1:]
+    assert z.pow(2).mean().sqrt() < 1.5
 
 
 @pytest.mark.slow

@@ -102,7 +102,7 @@ class Fit:
     drift_time_degree: int
     drift_wavelength_degree: int
     use_jitter: bool
-    jitter_wavelength_degree: int
+    jitter_wavelength_degree: int | None  # None: a free coefficient per bin
     sma_prior_width: float
     inc_prior_width_deg: float
     ld_prior_width: float | None

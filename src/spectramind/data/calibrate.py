@@ -439,8 +439,11 @@ def _regressors(flux, err, moments, instrument: str, opts: Calibrate) -> dict[st
         out = {"fgs1_x": cx[:, 0], "fgs1_y": cy[:, 0]}
         return {**out, "fgs1_width": np.sqrt(vx + vy)[:, 0]} if opts.jitter_shape else out
     [(centre, spread)] = moments
-    light = np.clip(flux, 0.0, None)
-    share = light / np.maximum(light.sum(1, keepdims=True), 1e-12)  # columns weighted by their light
+    # Columns weighted by their light over the whole visit: weights that followed each bin's spectrum would
+    # move with the transit's own chromatic depth (the PSF widens and the trace bends with wavelength), and
+    # the regressor would carry the transit into the fit's jitter terms.
+    light = np.clip(flux.mean(0, keepdims=True), 0.0, None)
+    share = light / np.maximum(light.sum(1, keepdims=True), 1e-12)
     out = {"airs_y": (share * centre).sum(1)}
     if not opts.jitter_shape:
         return out

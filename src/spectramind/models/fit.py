@@ -5,15 +5,17 @@
 - c_n, a free level per bin (the star's spectrum seen through the instrument);
 - s_n(t), the systematics, linear in their coefficients: a smooth surface in time and wavelength
   (Legendre polynomials of degree 1..K in time times powers 0..L of the normalised AIRS wavelength, which
-  holds the gain drift f(t) g(lambda) and its cross terms) plus the standardised pointing-jitter estimates
-  with coefficients smooth in wavelength; FGS1 has its own drift polynomial and jitter terms;
+  holds the gain drift f(t) g(lambda) and its cross terms) plus the standardised pointing-jitter estimates,
+  with a free coefficient per bin (or, by the config, coefficients smooth in wavelength); FGS1 has its own
+  drift polynomial and jitter terms;
 - T, the quadratic limb-darkened transit: t0 per instrument, a/Rs and i with Gaussian priors on the star
   info, u1 and u2 linear in wavelength across AIRS (their values at the two ends are fitted, each pair
   kept inside the physical triangle) with FGS1's own pair, and one depth D_n = (Rp/Rs)^2 per bin.
 
-Levenberg-Marquardt over all of it, in torch, vectorised over visits and bins. The Jacobian has two
-columns per bin (D_n, c_n) and a few dozen shared ones, so the normal equations are solved through the
-Schur complement of the bins' 2x2 blocks: exact, and O(N P^2) rather than O((2N + P)^3). Derivatives:
+Levenberg-Marquardt over all of it, in torch, vectorised over visits and bins. The Jacobian has L columns
+per bin (D_n, c_n and the bin's jitter coefficients) and a few dozen shared ones, so the normal equations
+are solved through the Schur complement of the bins' L x L blocks: exact, and O(N P^2) rather than
+O((L N + P)^3). Derivatives:
 the limb darkening's exactly (the occulted flux is linear in `occultation_basis`), the depth's and the
 sky separation's by forward differences, the orbit's by the chain rule through z.
 
@@ -105,7 +107,7 @@ class PhysicsFit(nn.Module):
         w, resid = res["weight"], res["resid"]
         mask = w > 0
         n_used = mask.sum(-1)
-        chi2 = (w * resid**2).sum(-1) / (n_used - 2).clamp_min(1)         # (B, N) per bin
+        chi2 = (w * resid**2).sum(-1) / (n_used - model.n_local).clamp_min(1)   # (B, N) per bin
         beta = torch.maximum(_red_noise_factor(resid * mask, mask),
                              _prayer_bead_factor(resid * mask, res["gain"], res["var_local"].sqrt()))
         beta = _smooth_bins(beta, fs.red_noise_window)
@@ -113,7 +115,7 @@ class PhysicsFit(nn.Module):
         # The shared parameters' error moves every bin alike; its red noise is the white light's.
         white = (resid * w).sum(1) / w.sum(1).clamp_min(1e-30)
         white_beta = _red_noise_factor(white[:, None], mask.any(1)[:, None])[:, 0]
-        chi2_all = (w * resid**2).sum((1, 2)) / (n_used.sum(1) - 2 * resid.shape[1]).clamp_min(1)
+        chi2_all = (w * resid**2).sum((1, 2)) / (n_used.sum(1) - model.n_local * resid.shape[1]).clamp_min(1)
         shared = (res["var_shared"] * chi2_all.clamp_min(1.0)[:, None]).sqrt() * white_beta[:, None]
         sigma = local.hypot(shared) * fs.sigma_scale
         depth = res["local"][..., 0]
@@ -163,15 +165,21 @@ class _JointModel:
         self.instrument = self.is_fgs1.logical_not().long()     # per bin: 0 FGS1, 1 AIRS (rows of z)
         centre = time.mean(1, keepdim=True)
         tn = (time - centre) / (time - centre).abs().amax(1, keepdim=True).clamp_min(1e-9)
-        legendre = _legendre(tn, fs.drift_time_degree)[..., 1:]                   # (B, T, K)
-        jit = []
+        self.legendre = _legendre(tn, fs.drift_time_degree)[..., 1:]              # (B, T, K)
+        jit = torch.zeros(B, T, 0, dtype=dtype, device=device)
         if fs.use_jitter and jitter is not None and jitter.shape[-1] > 0:
             j = torch.nan_to_num(jitter.double().to(device))
             j = j - j.mean(1, keepdim=True)
-            jit = list((j / j.std(1, keepdim=True).clamp_min(1e-12)).unbind(-1))
-        airs_terms = [(p, fs.drift_wavelength_degree) for p in legendre.unbind(-1)]
-        airs_terms += [(x, fs.jitter_wavelength_degree) for x in jit]
-        fgs1_terms = [*legendre.unbind(-1), *jit]
+            jit = j / j.std(1, keepdim=True).clamp_min(1e-12)
+        # Per bin, the jitter's coefficients are local parameters beside D_n and c_n (each column's response
+        # to a pointing shift depends on its own PSF and spectral slope); else shared and smooth in wavelength.
+        per_bin = fs.jitter_wavelength_degree is None
+        self.jitter = jit if per_bin else jit[..., :0]                              # (B, T, J) local
+        self.n_local = 2 + self.jitter.shape[-1]
+        shared_jit = [] if per_bin else list(jit.unbind(-1))
+        airs_terms = [(p, fs.drift_wavelength_degree) for p in self.legendre.unbind(-1)]
+        airs_terms += [(x, fs.jitter_wavelength_degree) for x in shared_jit]
+        fgs1_terms = [*self.legendre.unbind(-1), *shared_jit]
         columns = []
         airs_row = (~self.is_fgs1).to(dtype)[None, :, None]
         for series, degree in airs_terms:
@@ -208,8 +216,10 @@ class _JointModel:
         shared = torch.zeros(B, self.n_shared, dtype=flux.dtype, device=flux.device)
         orbit = [star[:, i:i + 1] for i in (PERIOD, SMA, INC)]
         white, white_w = _white_light(flux[:, 1:], weight[:, 1:])
-        design = torch.cat([torch.ones_like(self.time)[..., None],
-                            self.features[:, 1, :, :fs.drift_time_degree]], -1)
+        # A level and a linear trend only: a cubic baseline would absorb part of a long transit and pull the
+        # starting t0 and depths towards a worse minimum.
+        trend = self.legendre[..., :1]
+        design = torch.cat([torch.ones_like(self.time)[..., None], trend], -1)
         u1, u2 = self.u_start[:, 2:4].mean(1), self.u_start[:, 4:6].mean(1)
         t0, amplitude = _find_t0(white, white_w, self.time, design, orbit, u1, u2, fs.t0_grid)
         shared[:, T0_F], shared[:, T0_A] = t0, t0
@@ -218,8 +228,9 @@ class _JointModel:
         # Each bin's own depth and level at that shape: flux ~ c + c a (T - 1) + drift, linear in c, c a.
         white_depth = (amplitude * 0.12**2).clamp(1e-4, 0.1)[:, None].expand(-1, flux.shape[1])
         ones = torch.ones_like(white_depth)
-        shape = self.evaluate(torch.stack([white_depth, ones], -1), shared)
-        drift = self.features[:, 1, :, :fs.drift_time_degree][:, None].expand(-1, flux.shape[1], -1, -1)
+        no_jitter = white_depth.new_zeros(*white_depth.shape, self.n_local - 2)
+        shape = self.evaluate(torch.cat([torch.stack([white_depth, ones], -1), no_jitter], -1), shared)
+        drift = trend[:, None].expand(-1, flux.shape[1], -1, -1)
         design = torch.cat([torch.ones_like(shape)[..., None], (shape - 1)[..., None], drift], -1)
         Aw = design.transpose(-1, -2) * weight[..., None, :]
         normal = Aw @ design
@@ -227,12 +238,12 @@ class _JointModel:
         level, scale = theta[..., 0], theta[..., 1] / theta[..., 0]
         ok = torch.isfinite(scale) & (level > 0)
         depth = torch.where(ok, (white_depth * scale).clamp(1e-4, 0.1), white_depth)
-        local = torch.stack([depth, torch.where(ok, level, ones)], -1)
+        local = torch.cat([torch.stack([depth, torch.where(ok, level, ones)], -1), no_jitter], -1)
         return {"local": local.contiguous(), "shared": shared}
 
     def constrain(self, local: torch.Tensor, shared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Parameters moved into their valid range; also whether a limb-darkening pair hit its bounds."""
-        local = torch.stack([local[..., 0].clamp(*_DEPTH_RANGE), local[..., 1]], -1)
+        local = torch.cat([local[..., :1].clamp(*_DEPTH_RANGE), local[..., 1:]], -1)
         shared = shared.clone()
         shared[:, A_RS] = shared[:, A_RS].clamp_min(1.5)
         shared[:, B2] = torch.minimum(shared[:, B2].clamp_min(0.0), shared[:, A_RS] ** 2)   # 0 <= b <= a
@@ -311,13 +322,15 @@ class _JointModel:
         u1, u2 = self._ld(shared)
         (basis,) = self._basis(z, local[..., 0].sqrt(), derivatives=False)
         transit = 1.0 - occulted_fraction(basis, u1, u2)
-        return local[..., 1, None] * self._systematics(shared) * transit
+        return local[..., 1, None] * self._systematics(local, shared) * transit
 
-    def _systematics(self, shared: torch.Tensor) -> torch.Tensor:
-        return 1.0 + (self.features * shared[:, None, None, N_TRANSIT:]).sum(-1)
+    def _systematics(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """1 + s_n(t) (B, N, T): the shared surface and each bin's own jitter terms."""
+        own = torch.einsum("btj,bnj->bnt", self.jitter, local[..., 2:])
+        return 1.0 + (self.features * shared[:, None, None, N_TRANSIT:]).sum(-1) + own
 
     def jacobian(self, local: torch.Tensor, shared: torch.Tensor):
-        """Model (B, N, T), per-bin columns (B, N, T, 2) [D, c] and shared columns (B, N, T, P)."""
+        """Model (B, N, T), per-bin columns (B, N, T, L) [D, c, jitter...] and shared columns (B, N, T, P)."""
         z, dz_dt0, dz_da, dz_db2 = (self._per_bin(x) if i else x
                                    for i, x in enumerate(self._separation(shared)))
         u1, u2 = self._ld(shared)
@@ -332,10 +345,11 @@ class _JointModel:
         d_du1 = -((lam_d - lam_e) / omega + blocked / (3.0 * omega))
         d_du2 = -((2.0 * lam_d - 2.0 * lam_e + eta) / omega + blocked / (6.0 * omega))
         level = local[..., 1, None]
-        syst = self._systematics(shared)
+        syst = self._systematics(local, shared)
         scale = level * syst                                                        # dF/dT
         model = scale * transit
-        local_cols = torch.stack([scale * d_dp / (2.0 * p[..., None]), syst * transit], -1)
+        local_cols = torch.cat([torch.stack([scale * d_dp / (2.0 * p[..., None]), syst * transit], -1),
+                                (level * transit)[..., None] * self.jitter[:, None]], -1)
         fgs1 = self.is_fgs1[None, :, None].to(z.dtype)
         airs = 1 - fgs1
         red = self.red_share
@@ -379,7 +393,7 @@ def _levenberg_marquardt(model: _JointModel, flux, weight, start: dict, iteratio
     F, Jl, Jg = model.jacobian(local, shared)
     A, Bm, C, gl, gg = _normal_equations(Jl, Jg, flux - F, weight, model, shared)
     A_inv = torch.linalg.inv(A + _ridge(A))
-    E = A_inv @ Bm                                                          # (B, N, 2, P)
+    E = A_inv @ Bm                                                          # (B, N, L, P)
     S = C - (Bm.transpose(-1, -2) @ E).sum(1)
     S_inv = torch.linalg.pinv(S)
     K = E[..., 0, :]                                                        # d(D_n)/d(shared), up to sign
@@ -398,11 +412,11 @@ def _levenberg_marquardt(model: _JointModel, flux, weight, start: dict, iteratio
 def _normal_equations(Jl, Jg, resid, weight, model: _JointModel, shared):
     """The blocks of J^T W J and J^T W r: per bin (A, B, g_local) and shared (C, g_shared), priors in C."""
     Wl = Jl * weight[..., None]
-    A = Wl.transpose(-1, -2) @ Jl                                           # (B, N, 2, 2)
-    Bm = Wl.transpose(-1, -2) @ Jg                                          # (B, N, 2, P)
+    A = Wl.transpose(-1, -2) @ Jl                                           # (B, N, L, L)
+    Bm = Wl.transpose(-1, -2) @ Jg                                          # (B, N, L, P)
     Wg = Jg * weight[..., None]
     C = torch.einsum("bntp,bntq->bpq", Wg, Jg) + torch.diag_embed(model.prior_precision)
-    gl = (Wl * resid[..., None]).sum(-2)                                    # (B, N, 2)
+    gl = (Wl * resid[..., None]).sum(-2)                                    # (B, N, L)
     gg = (Wg * resid[..., None]).sum((1, 2)) - model.prior_precision * (shared - model.prior_mean)
     return A, Bm, C, gl, gg
 
@@ -426,7 +440,7 @@ def _bounded_step(model: _JointModel, normal, local, shared, damping):
 
 
 def _schur_solve(A, Bm, C, gl, gg, damping, held=None):
-    """The damped Gauss-Newton step (per-bin, shared) by the Schur complement of the bins' 2x2 blocks;
+    """The damped Gauss-Newton step (per-bin, shared) by the Schur complement of the bins' L x L blocks;
     shared parameters `held` (B, P) do not move."""
     lam = damping[:, None, None]
     A_d = A + lam[..., None] * torch.diag_embed(A.diagonal(dim1=-2, dim2=-1)) + _ridge(A)
