@@ -105,6 +105,10 @@ def _select(raw: np.ndarray, instrument: str, rows: np.ndarray, cols: np.ndarray
     raise ValueError(f"{instrument} reads of shape {raw.shape[1:]}: expected whole frames or pixels()")
 
 
+_LIT = 0.05  # the pixels whose share of a bin's light is this fraction of the bin's brightest pixel's or more:
+             # the moments' window (2.4 sigma of a Gaussian trace on each side)
+
+
 def _edge_rows(n: int) -> np.ndarray:
     return np.r_[0:n, af.ROWS - n : af.ROWS]
 
@@ -289,8 +293,16 @@ def extract(
     else:
         yy, xx = np.mgrid[: shape[0], : shape[1]] + opts.fgs1_box[0]
         coords = (xx.reshape(-1, 1).astype(np.float64), yy.reshape(-1, 1).astype(np.float64))
-    moments = [_moments(frames, good, c) for c in coords]  # [(centre, variance) (T, B)] per axis
     profile = trace_profile(frames, good, shape, instrument, opts.profile_smooth)
+    lit = good & (profile > _LIT * profile.max(0, keepdims=True))
+    moments = [_moments(frames, lit, c) for c in coords]  # [(centre, variance) (T, B)] per axis
+    # The bins' moments are averaged with the bins' light over the whole visit as weights: weights that
+    # followed each time bin's spectrum would move with the transit's own chromatic depth (the PSF widens
+    # and the trace bends with wavelength); a bin with a twentieth of the typical light or less has moments
+    # of noise and no weight.
+    share = np.clip(np.where(good, frames, 0.0).sum(1).mean(0), 0.0, None)
+    share = np.where(share > 0.05 * np.median(share), share, 0.0)
+    share = share / max(share.sum(), 1e-12)
     masked = ~good.all(0)  # bins with a masked pixel: their profile follows the pointing
     if not (opts.fill_masked or opts.extraction == "optimal"):
         masked[:] = False
@@ -298,7 +310,7 @@ def extract(
     if not masked.all():  # (FGS1's one bin has a masked pixel on the real maps: no static pass then)
         flux, err = _extract_flux(frames, good, profile, sky, sky_sd, flat, floor, opts)
     if masked.any():
-        offsets = np.stack([centre.mean(1) for centre, _ in moments], axis=1)  # (T, K): one pointing per bin
+        offsets = np.stack([centre @ share for centre, _ in moments], axis=1)  # (T, K): one pointing per bin
         offsets -= offsets.mean(0)
         slopes = profile_slopes(frames, good, profile, offsets, shape, instrument, opts.profile_smooth)
         moved = np.clip(profile[:, masked] + np.tensordot(offsets, slopes[:, :, masked], axes=(1, 0)), 0.0, None)
@@ -307,7 +319,7 @@ def extract(
         flux[:, masked], err[:, masked] = _extract_flux(
             frames[pick], good[:, masked], moved, sky[pick], sky_sd[pick], flat[:, masked], floor[:, masked], opts
         )
-    return flux, err, _regressors(flux, err, moments, instrument, opts)
+    return flux, err, _regressors(flux, err, moments, share, instrument, opts)
 
 
 def _extract_flux(frames, good, profile, sky, sky_sd, flat, floor, opts: Calibrate):
@@ -365,12 +377,17 @@ def background(values: np.ndarray, bad: np.ndarray, flat: np.ndarray, noise_floo
     return level, (var.mean(0, keepdims=True) if span == t else var)[:, None, :]
 
 
-def _moments(frames: np.ndarray, good: np.ndarray, coord: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre and variance (T, B) of the light along `coord` (P, 1), over the good pixels with light."""
-    w = np.where(good, np.clip(frames, 0.0, None), 0.0)
-    total = np.maximum(w.sum(1), 1e-12)
+def _moments(frames: np.ndarray, lit: np.ndarray, coord: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and variance (T, B) of the light along `coord` (P, 1), over the pixels `lit` (P, B).
+
+    Only where the trace has light: a pixel of the wings reads the sky's noise, whose weight (signed, or
+    clipped at zero) does not dim with the star, and the moments would move with the transit (the fit's
+    jitter terms would then take part of the depth)."""
+    w = np.where(lit, frames, 0.0)
+    total = w.sum(1)
+    total = np.where(np.abs(total) > 1e-12, total, 1e-12)
     centre = (w * coord).sum(1) / total
-    spread = (w * (coord - centre[:, None, :]) ** 2).sum(1) / total
+    spread = np.clip((w * (coord - centre[:, None, :]) ** 2).sum(1) / total, 0.0, None)
     return centre, spread
 
 
@@ -432,22 +449,17 @@ def profile_slopes(frames, good, profile, offsets: np.ndarray, shape, instrument
     return np.stack([_fill(k.reshape(profile.shape), good, shape, instrument, smooth) for k in slopes])
 
 
-def _regressors(flux, err, moments, instrument: str, opts: Calibrate) -> dict[str, np.ndarray]:
+def _regressors(flux, err, moments, share, instrument: str, opts: Calibrate) -> dict[str, np.ndarray]:
     """Pointing and PSF-shape estimates per time bin (pixels), named as in JITTER_COLUMNS / SHAPE_COLUMNS."""
     if instrument == "FGS1":
         (cx, vx), (cy, vy) = moments
         out = {"fgs1_x": cx[:, 0], "fgs1_y": cy[:, 0]}
         return {**out, "fgs1_width": np.sqrt(vx + vy)[:, 0]} if opts.jitter_shape else out
     [(centre, spread)] = moments
-    # Columns weighted by their light over the whole visit: weights that followed each bin's spectrum would
-    # move with the transit's own chromatic depth (the PSF widens and the trace bends with wavelength), and
-    # the regressor would carry the transit into the fit's jitter terms.
-    light = np.clip(flux.mean(0, keepdims=True), 0.0, None)
-    share = light / np.maximum(light.sum(1, keepdims=True), 1e-12)
-    out = {"airs_y": (share * centre).sum(1)}
+    out = {"airs_y": centre @ share}
     if not opts.jitter_shape:
         return out
-    return {**out, "airs_x": spectral_shift(flux, err), "airs_width": np.sqrt((share * spread).sum(1))}
+    return {**out, "airs_x": spectral_shift(flux, err), "airs_width": np.sqrt(spread @ share)}
 
 
 def spectral_shift(flux: np.ndarray, err: np.ndarray) -> np.ndarray:
