@@ -317,6 +317,45 @@ def test_airs_pointing_regressors_do_not_follow_a_chromatic_transit():
         assert abs(step) < 1e-3, name  # before: 3.5-4.5e-3 for airs_width (the clipped sky noise of the wings)
 
 
+def test_background_rows_keep_the_psf_wings_that_dim_with_the_star():
+    """A PSF whose wings reach the background rows (6% of the light, as on the real mean frame), a flat sky
+    and a transit. The edge rows' whole level subtracted from the band is a constant taken from a dimming
+    star, and every depth comes out too deep; the share of it that follows the star is measured and kept."""
+    n, depth = 200, 0.02
+    rows = np.arange(32)[:, None]
+    core = np.exp(-0.5 * ((rows - 15.5) / 1.2) ** 2)
+    wing = 1.0 / (1.0 + ((rows - 15.5) / 8.0) ** 2)
+    psf = 0.94 * core / core.sum() + 0.06 * wing / wing.sum()
+    in_transit = (np.arange(n) >= 70) & (np.arange(n) < 130)
+    star = 3e4 * (1.0 - depth * in_transit)[:, None, None] * psf[None]
+    sky = 40.0
+    v = visit(airs_image=np.broadcast_to(star + sky, (n, 32, 356)))
+    edge = np.r_[0:4, 28:32]
+    truth = (3e4 * psf[edge]).mean() / ((3e4 * psf[edge]).mean() + sky)  # ~0.36 of the edge level is starlight
+
+    def relative_bias(**changes):
+        out = run(v, airs_bin=1, fgs1_bin=1, extraction="optimal", background_rows=4, **changes)
+        flux = out["flux"][:, 1:]
+        measured = 1.0 - flux[in_transit].mean(0) / flux[~in_transit].mean(0)
+        return measured.mean() / depth - 1.0, out["wing_share"]["AIRS-CH0"]
+
+    bias, share = relative_bias(background_wings=True)
+    assert share == pytest.approx(truth, abs=0.02)
+    assert abs(bias) < 1e-3
+    assert relative_bias(background_wings=False)[0] > 5e-3  # the whole edge level subtracted: +0.7%
+
+
+def test_a_star_that_never_changes_keeps_no_background_as_its_own():
+    """Light that only has noise in time: its slope is noise (~0.1 here), and the edge level is subtracted
+    but for that noise's share."""
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        image = 500.0 + rng.normal(0.0, 1.0, (200, 32, 356)) * np.sqrt(500.0 + 2 * 13.0**2)
+        shares = run(visit(airs_image=image), airs_bin=1, fgs1_bin=1, background_rows=4)["wing_share"]
+        assert shares["AIRS-CH0"] < 0.3 and shares["FGS1"] < 0.3
+    assert run(visit(), background_rows=4)["wing_share"] == {"AIRS-CH0": 0.0, "FGS1": 0.0}  # too few bins
+
+
 def test_switch_bin_sizes_and_extraction_windows():
     v = visit()
     assert run(v, airs_bin=1, fgs1_bin=1)["flux"].shape == (N_PAIRS, 283)

@@ -59,6 +59,7 @@ class Calibrate:
     cosmic_sigma: float
     fill_masked: bool
     background_window: int
+    background_wings: bool
     extraction: str
     profile_smooth: int
     jitter_shape: bool

@@ -41,10 +41,11 @@ def calibrate_visit(
     raw: instrument -> uint16 reads, either whole frames (N, 32, W) or only the pixels `pixels(instrument,
     opts)` names (what ariel_format.read_signal returns when given them); maps: instrument -> calibration
     maps (ariel_format). Returns flux (T, 283) and flux_err (T, 283) (FGS1 first, AIRS in target order),
-    time (T,) hours, jitter (T, J) in pixels (columns `jitter_columns(opts)`), and cosmic_replaced:
-    instrument -> how many CDS values the cosmic-ray pass replaced.
+    time (T,) hours, jitter (T, J) in pixels (columns `jitter_columns(opts)`), cosmic_replaced:
+    instrument -> how many CDS values the cosmic-ray pass replaced, and wing_share: instrument -> the
+    share of the background rows' level that followed the star and was kept (`wing_share`).
     """
-    frames, errs, jitter, replaced = {}, {}, {}, {}
+    frames, errs, jitter, replaced, wings = {}, {}, {}, {}, {}
     for instrument, bin_size in (("AIRS-CH0", opts.airs_bin), ("FGS1", opts.fgs1_bin)):
         rows, cols = pixels(instrument, opts)
         cal = {k: v[..., cols] for k, v in maps[instrument].items()}
@@ -63,7 +64,7 @@ def calibrate_visit(
         replaced[instrument] = reject_cosmic_rays(cds, cal["read"], opts.cosmic_sigma) if opts.cosmic_sigma > 0 else 0
         binned = bin_time(cds, bin_size)
         dark_counts = bin_size * np.clip(cal["dark"], 0.0, None) * (dark_dt[1] - dark_dt[0])
-        frames[instrument], errs[instrument], jitter[instrument] = extract(
+        frames[instrument], errs[instrument], jitter[instrument], wings[instrument] = extract(
             binned, cal, bad, rows, bin_size * 2.0 * cal["read"] ** 2 + dark_counts, instrument, opts
         )
     n = min(len(frames["AIRS-CH0"]), len(frames["FGS1"]))
@@ -77,6 +78,7 @@ def calibrate_visit(
         "time": time,
         "jitter": np.stack([regressors[name][:n] for name in jitter_columns(opts)], axis=1),
         "cosmic_replaced": replaced,
+        "wing_share": wings,
     }
 
 
@@ -259,9 +261,10 @@ def extract(
     noise_floor: np.ndarray,
     instrument: str,
     opts: Calibrate,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(T, R, C) binned frames of detector rows `rows` -> flux (T, B), its 1-sigma error (T, B), and this
-    instrument's jitter regressors {name: (T,)}.
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float]:
+    """(T, R, C) binned frames of detector rows `rows` -> flux (T, B), its 1-sigma error (T, B), this
+    instrument's jitter regressors {name: (T,)} and the share of the edge level kept as the star's
+    (wing_share; 0 without background rows or with background_wings off).
 
     AIRS gives one bin per column (B = C) from the extraction rows; FGS1 one bin from its box.
     bad: (R, C) pixels left out (bad_pixels); noise_floor: (R, C) variance per binned pixel (e-^2) that is
@@ -272,12 +275,16 @@ def extract(
         binned = binned / flat
     level = np.zeros((1, 1, binned.shape[2]))
     level_var = np.zeros((1, 1, binned.shape[2]))
+    band = np.searchsorted(rows, np.arange(*(opts.airs_rows if instrument == "AIRS-CH0" else opts.fgs1_box)))
+    wings = 0.0
     if opts.background_rows > 0:
         edge = np.searchsorted(rows, _edge_rows(opts.background_rows))
         level, level_var = background(binned[:, edge], bad[edge], flat[edge], noise_floor[edge],
                                       opts.background_window)
+        if opts.background_wings:
+            wings = wing_share(binned[:, edge], bad[edge], binned[:, band], bad[band])
+            level, level_var = level * (1.0 - wings), level_var * (1.0 - wings) ** 2
         binned = binned - level
-    band = np.searchsorted(rows, np.arange(*(opts.airs_rows if instrument == "AIRS-CH0" else opts.fgs1_box)))
     shape = (len(band), binned.shape[2])  # FGS1: the box's rows x columns
 
     def layout(x):  # (T, R, C) of the band -> (T, P, B): the pixels of one bin's profile along axis 1
@@ -319,7 +326,36 @@ def extract(
         flux[:, masked], err[:, masked] = _extract_flux(
             frames[pick], good[:, masked], moved, sky[pick], sky_sd[pick], flat[:, masked], floor[:, masked], opts
         )
-    return flux, err, _regressors(flux, err, moments, share, instrument, opts)
+    return flux, err, _regressors(flux, err, moments, share, instrument, opts), wings
+
+
+def wing_share(edge: np.ndarray, bad_edge: np.ndarray, band: np.ndarray, bad_band: np.ndarray) -> float:
+    """The share of the edge rows' level that is the star's own light (its PSF's wings), in [0, 1]: how
+    much of it follows the band's light through the visit (the transit, the drift, the pointing).
+
+    The edge rows (T, E, C) hold a sky that does not dim with the star and the wings that do: on the real
+    mean frame the outer rows hold ~0.09% of their column's light each, ~1.4% of a column's light over
+    AIRS's 16 extraction rows. Subtracting all of it from the band is a constant taken from a dimming
+    star: every depth comes out too deep by that share (+1.35% on the simulator's full-size visits). The
+    wing light in the band belongs to the star and stays; only the rest is subtracted. One share per
+    instrument and visit (a least-squares slope of the edge rows' summed level on the band's relative light,
+    beside a level and a linear trend in time that a drifting sky may have); the columns' individual
+    shares are too noisy to measure.
+    """
+    light = np.where(bad_band, 0.0, band).sum((1, 2))                  # (T,) the band's light
+    n_good = np.maximum((~bad_edge).sum(0), 1)
+    level = (np.where(bad_edge, 0.0, edge).sum(1) / n_good).sum(1)   # (T,) the columns' edge levels, summed
+    if len(light) < 10 or not np.mean(light) > 0:  # too few time bins to tell a slope from noise
+        return 0.0
+    x = np.linspace(-1.0, 1.0, len(light))
+    design = np.stack([level.mean() * (light / light.mean() - 1.0), np.ones_like(x), x], axis=1)
+    coef, rss, rank, _ = np.linalg.lstsq(design, level, rcond=None)
+    if rank < 3:  # a star that never changes: nothing tells its light from the sky's
+        return 0.0
+    var = float(rss[0]) / (len(light) - 3) * np.linalg.inv(design.T @ design)[0, 0]
+    # The posterior mean under a N(0, 1) prior (all subtracted, give or take the whole range): a star
+    # whose light barely changes has a slope of noise (var >> 1), and keeps none.
+    return float(np.clip(np.nan_to_num(coef[0] / (1.0 + var)), 0.0, 1.0))
 
 
 def _extract_flux(frames, good, profile, sky, sky_sd, flat, floor, opts: Calibrate):
@@ -336,13 +372,16 @@ def _extract_flux(frames, good, profile, sky, sky_sd, flat, floor, opts: Calibra
         # an upper bound for FGS1's twelve columns).
         return box / den, np.sqrt(var + np.where(good, sky_sd, 0.0).sum(1) ** 2) / den
     # V from the model flux x profile, not from the data: a weight from the data itself would favour low
-    # values and bias the flux down. The error is then 1 / sum(P^2 / V), plus the background's.
-    model = (box / np.maximum(seen, 1e-12))[:, None, :] * share
-    model += sky
-    weight = _pixel_variance(model, flat, floor)
+    # values and bias the flux down. And from the visit's mean flux, not each time bin's: the profile is
+    # an estimate, so the extracted flux is the true one times a factor that depends on the weights, and
+    # weights that brighten their sky-limited wings in transit make that factor follow the transit (+1.35%
+    # on the simulator's full-size depths). The error is sum(w^2 V(t)) / sum(w P)^2, plus the background's.
+    flux = box / np.maximum(seen, 1e-12)
+    weight = _pixel_variance(flux.mean(0)[None, None, :] * share + sky.mean(0, keepdims=True), flat, floor)
     np.divide(np.where(good, share, 0.0), weight, out=weight)
     den = np.maximum((weight * share).sum(1), 1e-300)
-    return (weight * frames).sum(1) / den, np.sqrt(1.0 / den + ((weight * sky_sd).sum(1) / den) ** 2)
+    var = (weight**2 * _pixel_variance(flux[:, None, :] * share + sky, flat, floor)).sum(1) / den**2
+    return (weight * frames).sum(1) / den, np.sqrt(var + ((weight * sky_sd).sum(1) / den) ** 2)
 
 
 def _pixel_variance(signal: np.ndarray, flat: np.ndarray, floor: np.ndarray) -> np.ndarray:

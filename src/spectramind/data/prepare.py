@@ -142,6 +142,7 @@ def calibrate_folder(
 
     tasks = [(v, adc, axis, opts, float(star_rows[v.planet_id][-1])) for v in visits]
     replaced = {}  # visit key -> instrument -> CDS values the cosmic-ray pass replaced
+    wings = {}  # visit key -> instrument -> the share of the background rows' level kept as the star's
     with st.writer(store, attrs) as add:
         # In visit order, and no absolute path inside: the store's bytes (its fingerprint, part of every later
         # run hash) follow from the raw bytes and settings alone, wherever the raw folder lies.
@@ -155,6 +156,7 @@ def calibrate_folder(
             )
             t0 = arrays.pop("t0_h")
             replaced[st.visit_key(v.planet_id, v.visit)] = arrays.pop("cosmic_replaced")
+            wings[st.visit_key(v.planet_id, v.visit)] = arrays.pop("wing_share")
             add(
                 v.planet_id,
                 v.visit,
@@ -175,7 +177,8 @@ def calibrate_folder(
     }
     files.write_json(store / st.SUMMARY_NAME, summary)
     manifest.update(config=_store_config(calibrate, split, seed), folders=list(folders),
-                    source_fingerprint=fingerprint, cosmic_replaced=dict(sorted(replaced.items())))
+                    source_fingerprint=fingerprint, cosmic_replaced=dict(sorted(replaced.items())),
+                    wing_share=dict(sorted(wings.items())))
     files.write_json(store / st.MANIFEST_NAME, manifest)  # last: its presence marks a complete store
     return summary
 
@@ -210,6 +213,7 @@ def _calibrate_one(task) -> dict:
         "norm": norm,
         "t0_h": t0,
         "cosmic_replaced": out["cosmic_replaced"],
+        "wing_share": {k: round(v, 6) for k, v in out["wing_share"].items()},
     }
 
 
