@@ -345,6 +345,22 @@ def test_background_rows_keep_the_psf_wings_that_dim_with_the_star():
     assert relative_bias(background_wings=False)[0] > 5e-3  # the whole edge level subtracted: +0.7%
 
 
+def test_optimal_weights_that_do_not_follow_the_transit_keep_each_bins_depth():
+    """A PSF whose width changes from column to column, which the trace profile (smoothed along the
+    dispersion) misses: the extracted flux is the true one times a factor set by the weights. Weights
+    from each time bin's own flux change in transit, and so does the factor: each bin's depth was off by
+    a median 1.0% (up to 3.6%). Weights from the visit's mean flux leave it constant."""
+    n, depth = 200, 0.02
+    width = np.random.default_rng(3).uniform(0.8, 1.8, 356)
+    profile = np.exp(-0.5 * ((np.arange(32)[:, None] - 15.5) / width) ** 2)
+    profile /= profile.sum(0, keepdims=True)
+    in_transit = (np.arange(n) >= 70) & (np.arange(n) < 130)
+    image = 2e5 * (1.0 - depth * in_transit)[:, None, None] * profile[None] + 2000.0
+    flux = run(visit(airs_image=image), airs_bin=1, fgs1_bin=1, extraction="optimal", background_rows=4)["flux"]
+    measured = 1.0 - flux[in_transit, 1:].mean(0) / flux[~in_transit, 1:].mean(0)
+    assert np.abs(measured / depth - 1.0).max() < 2e-3
+
+
 def test_a_star_that_never_changes_keeps_no_background_as_its_own():
     """Light that only has noise in time: its slope is noise (~0.1 here), and the edge level is subtracted
     but for that noise's share."""

@@ -178,6 +178,11 @@ def test_store_names_every_jitter_regressor_and_the_manifest_counts_cosmic_rays(
         expected = 1e-4 * reads / 2 * len(rows) * len(cols)
         found = np.mean([c[inst] for c in counts.values()])
         assert 0.7 * expected < found < 1.5 * expected + 3, inst
+    # psf=simple: no wings, a background that grows with the column and does not dim with the star.
+    shares = manifest["wing_share"]
+    assert shares.keys() == counts.keys()
+    assert np.median([v["AIRS-CH0"] for v in shares.values()]) < 0.3
+    assert all(0.0 <= v <= 1.0 for share in shares.values() for v in share.values())
 
 
 def test_dataset_items_shapes_normalisation_and_attrs(built):
