@@ -182,6 +182,20 @@ def test_a_dead_column_fails_alone_and_gets_a_wide_sigma():
     assert out["sigma"][0, 20] >= 2e-3 and torch.isfinite(out["mu"]).all()
 
 
+def test_fgs1_noisier_than_its_errors_say_widens_fgs1_alone():
+    """FGS1's noise ~3.2x what its flux_err says, AIRS's as stated. FGS1's depth error is mostly its
+    shared terms' (its t0, limb darkening, drift, jitter), which FGS1's light alone sets: scaled by the
+    chi^2 of all bins (AIRS's), its sigma grew only 1.1-1.9x."""
+    batch, _ = make_visits(b=6, seed=21)
+    clean = fit(batch)
+    noise = torch.randn(batch["flux"][..., 0].shape, generator=torch.Generator().manual_seed(0))
+    batch["flux"][..., 0] += 3.0 * batch["flux_err"][..., 0] * noise
+    out = fit(batch)
+    grown = out["sigma"] / clean["sigma"]
+    assert 2.4 < grown[:, 0].median() < 4.5 and grown[:, 0].min() > 2.0
+    assert grown[:, 1:].median() < 1.2
+
+
 @pytest.mark.slow
 def test_red_noise_widens_sigma_towards_the_real_error():
     # Noise correlated over ~1 h, as strong as the white noise: the formal error would be ~2.5x too small.

@@ -20,9 +20,9 @@ the limb darkening's exactly (the occulted flux is linear in `occultation_basis`
 sky separation's by forward differences, the orbit's by the chain rule through z.
 
 Sigma is the posterior standard deviation of D_n with every shared parameter marginalised (the Schur
-term), scaled by sqrt(reduced chi^2) and a red-noise factor of the residuals. A visit the fit should
-not be trusted on gets a reason in REASONS and a widened sigma: being unsure costs a little, being wrong
-and sure costs the whole score.
+term), scaled by sqrt(reduced chi^2) and a red-noise factor of the residuals (the shared part by the
+white light's, FGS1's by FGS1's own). A visit the fit should not be trusted on gets a reason in REASONS
+and a widened sigma: being unsure costs a little, being wrong and sure costs the whole score.
 """
 
 from __future__ import annotations
@@ -116,7 +116,10 @@ class PhysicsFit(nn.Module):
         white = (resid * w).sum(1) / w.sum(1).clamp_min(1e-30)
         white_beta = _red_noise_factor(white[:, None], mask.any(1)[:, None])[:, 0]
         chi2_all = (w * resid**2).sum((1, 2)) / (n_used.sum(1) - model.n_local * resid.shape[1]).clamp_min(1)
-        shared = (res["var_shared"] * chi2_all.clamp_min(1.0)[:, None]).sqrt() * white_beta[:, None]
+        scale = (chi2_all.clamp_min(1.0).sqrt() * white_beta)[:, None].expand_as(local).clone()
+        # FGS1's shared terms (its t0, limb darkening, drift and jitter) are set by FGS1's light alone.
+        scale[:, 0] = chi2[:, 0].clamp_min(1.0).sqrt() * beta[:, 0]
+        shared = res["var_shared"].sqrt() * scale
         sigma = local.hypot(shared) * fs.sigma_scale
         depth = res["local"][..., 0]
 
