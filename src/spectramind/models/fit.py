@@ -5,9 +5,9 @@
 - c_n, a free level per bin (the star's spectrum seen through the instrument);
 - s_n(t), the systematics, linear in their coefficients: a smooth surface in time and wavelength
   (Legendre polynomials of degree 1..K in time times powers 0..L of the normalised AIRS wavelength, which
-  holds the gain drift f(t) g(lambda) and its cross terms) plus the standardised pointing-jitter estimates,
-  with a free coefficient per bin (or, by the config, coefficients smooth in wavelength); FGS1 has its own
-  drift polynomial and jitter terms;
+  holds the gain drift f(t) g(lambda) and its cross terms) plus the standardised pointing-jitter estimates
+  and the squares of FGS1's centroid offsets, with a free coefficient per bin (or, by the config,
+  coefficients smooth in wavelength); FGS1 has its own drift polynomial and jitter terms;
 - T, the quadratic limb-darkened transit: t0 per instrument, a/Rs and i with Gaussian priors on the star
   info, u1 and u2 linear in wavelength across AIRS (their values at the two ends are fitted, each pair
   kept inside the physical triangle) with FGS1's own pair, and one depth D_n = (Rp/Rs)^2 per bin.
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from spectramind.config.settings import Fit
+from spectramind.data.calibrate import JITTER_COLUMNS
 from spectramind.physics.transit import (
     occultation_basis,
     occulted_fraction,
@@ -55,6 +56,8 @@ _P_NODES = 16                # Chebyshev nodes in Rp/Rs the AIRS bins' transit i
 # in it, so a central transit, where z is flat in b and i, still has a gradient), FGS1 (u1, u2), AIRS
 # (u1, u2) at the blue and the red end; then the systematics' coefficients.
 T0_F, T0_A, A_RS, B2, U_FGS1, U_AIRS, N_TRANSIT = 0, 1, 2, 3, 4, 6, 10
+# FGS1's centroids among a store's jitter columns (every store's columns begin with JITTER_COLUMNS).
+_FGS1_CENTROIDS = [JITTER_COLUMNS.index("fgs1_x"), JITTER_COLUMNS.index("fgs1_y")]
 
 
 class PhysicsFit(nn.Module):
@@ -173,6 +176,11 @@ class _JointModel:
         if fs.use_jitter and jitter is not None and jitter.shape[-1] > 0:
             j = torch.nan_to_num(jitter.double().to(device))
             j = j - j.mean(1, keepdim=True)
+            if j.shape[-1] >= len(_FGS1_CENTROIDS):
+                # FGS1's box cuts its PSF's wings: the light it keeps falls with the square of the offset
+                # (FGS1's error on the simulator's full-size visits: 5.7 -> 4.4 oracle sigmas).
+                j = torch.cat([j, j[..., _FGS1_CENTROIDS] ** 2], -1)
+                j = j - j.mean(1, keepdim=True)
             jit = j / j.std(1, keepdim=True).clamp_min(1e-12)
         # Per bin, the jitter's coefficients are local parameters beside D_n and c_n (each column's response
         # to a pointing shift depends on its own PSF and spectral slope); else shared and smooth in wavelength.
