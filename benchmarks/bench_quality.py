@@ -17,7 +17,10 @@ worst planet's score per model.
 Everything is cached under --out (stores, sidecars, runs): running it again resumes where it stopped.
 At full size a visit's raw frames take 0.5 GB, so `--chunk N` streams the held-out set for the fit rows: N
 planets at a time (seeds 43, 44, ...) are simulated, calibrated and fitted, their raw frames deleted, and
-the rows scored over all the chunks together.
+the rows scored over all the chunks together. `--refit` fits the saved chunks' stores again with the code
+as it is now and scores them: a change to the fit alone is measured on the same planets without simulating
+them again (a change to the calibration, its settings or the shared config code makes the stores stale,
+and the fit stage says so).
 """
 
 from __future__ import annotations
@@ -142,13 +145,14 @@ def streamed_fit_rows(args, names: list[str]) -> tuple[dict, dict]:
         planets = min(args.chunk, args.test_planets - c * args.chunk)
         folder = args.out / "heldout" / f"chunk{c}"
         saved = folder / "rows.npz"
-        if not saved.is_file():
+        if not saved.is_file() or args.refit:
             data = data_overrides(folder.parent, folder.name, planets, 0.5, args)
             s = load([*data, f"seed={HELDOUT_SEED + c}", f"paths.output_dir={args.out}"])[1]
-            t0 = time.time()
-            simulate_raw(s, progress=False)
-            calibrate(s, progress=False)
-            timings["heldout_data_s"] += time.time() - t0
+            if not saved.is_file():
+                t0 = time.time()
+                simulate_raw(s, progress=False)
+                calibrate(s, progress=False)
+                timings["heldout_data_s"] += time.time() - t0
             rows = {}
             for name in names:
                 ids, mu, sigma, seconds = fit_from_sidecar(s, Path(s.data.store), calibrated=name != "fit")
@@ -193,8 +197,12 @@ def main() -> None:
                         help="a data.simulate setting for both sets, e.g. limb_darkening=quadratic (repeatable)")
     parser.add_argument("--chunk", type=int, default=0,
                         help="stream the held-out set N planets at a time (fit rows only; 0: all at once)")
+    parser.add_argument("--refit", action="store_true",
+                        help="with --chunk: fit the saved chunks' stores again with the code as it is now")
     args = parser.parse_args()
     models = args.models.split(",")
+    if args.refit and not args.chunk:
+        parser.error("--refit fits the streamed chunks' stores again: it needs --chunk")
     if args.chunk and not set(models) <= {"fit", "fit+calibration"}:
         parser.error(f"--chunk streams the fit rows only, not {sorted(set(models) - {'fit', 'fit+calibration'})}")
 
