@@ -6,8 +6,8 @@
 - s_n(t), the systematics, linear in their coefficients: a smooth surface in time and wavelength
   (Legendre polynomials of degree 1..K in time times powers 0..L of the normalised AIRS wavelength, which
   holds the gain drift f(t) g(lambda) and its cross terms) plus the standardised pointing-jitter estimates
-  and the squares of FGS1's centroid offsets, with a free coefficient per bin (or, by the config,
-  coefficients smooth in wavelength); FGS1 has its own drift polynomial and jitter terms;
+  with a free coefficient per bin (or, by the config, coefficients smooth in wavelength); FGS1 has its own
+  drift polynomial and jitter terms, the squares of its centroid offsets among them;
 - T, the quadratic limb-darkened transit: t0 per instrument, a/Rs and i with Gaussian priors on the star
   info, u1 and u2 linear in wavelength across AIRS (their values at the two ends are fitted, each pair
   kept inside the physical triangle) with FGS1's own pair, and one depth D_n = (Rp/Rs)^2 per bin.
@@ -173,15 +173,18 @@ class _JointModel:
         tn = (time - centre) / (time - centre).abs().amax(1, keepdim=True).clamp_min(1e-9)
         self.legendre = _legendre(tn, fs.drift_time_degree)[..., 1:]              # (B, T, K)
         jit = torch.zeros(B, T, 0, dtype=dtype, device=device)
+        squares = []
         if fs.use_jitter and jitter is not None and jitter.shape[-1] > 0:
             j = torch.nan_to_num(jitter.double().to(device))
             j = j - j.mean(1, keepdim=True)
+            jit = j / j.std(1, keepdim=True).clamp_min(1e-12)
             if j.shape[-1] >= len(_FGS1_CENTROIDS):
                 # FGS1's box cuts its PSF's wings: the light it keeps falls with the square of the offset
-                # (FGS1's error on the simulator's full-size visits: 5.7 -> 4.4 oracle sigmas).
-                j = torch.cat([j, j[..., _FGS1_CENTROIDS] ** 2], -1)
-                j = j - j.mean(1, keepdim=True)
-            jit = j / j.std(1, keepdim=True).clamp_min(1e-12)
+                # (FGS1's error on the simulator's full-size visits: 5.7 -> 4.4 oracle sigmas). FGS1's own
+                # terms: AIRS's bins would only pay for them in sigma.
+                sq = j[..., _FGS1_CENTROIDS] ** 2
+                sq = sq - sq.mean(1, keepdim=True)
+                squares = list((sq / sq.std(1, keepdim=True).clamp_min(1e-12)).unbind(-1))
         # Per bin, the jitter's coefficients are local parameters beside D_n and c_n (each column's response
         # to a pointing shift depends on its own PSF and spectral slope); else shared and smooth in wavelength.
         per_bin = fs.jitter_wavelength_degree is None
@@ -190,7 +193,7 @@ class _JointModel:
         shared_jit = [] if per_bin else list(jit.unbind(-1))
         airs_terms = [(p, fs.drift_wavelength_degree) for p in self.legendre.unbind(-1)]
         airs_terms += [(x, fs.jitter_wavelength_degree) for x in shared_jit]
-        fgs1_terms = [*self.legendre.unbind(-1), *shared_jit]
+        fgs1_terms = [*self.legendre.unbind(-1), *shared_jit, *squares]
         columns = []
         airs_row = (~self.is_fgs1).to(dtype)[None, :, None]
         for series, degree in airs_terms:
