@@ -374,8 +374,9 @@ def _extract_flux(frames, good, profile, sky, sky_sd, flat, floor, opts: Calibra
     # V from the model flux x profile, not from the data: a weight from the data itself would favour low
     # values and bias the flux down. And from the visit's mean flux, not each time bin's: the profile is
     # an estimate, so the extracted flux is the true one times a factor that depends on the weights, and
-    # weights that brighten their sky-limited wings in transit make that factor follow the transit (+1.35%
-    # on the simulator's full-size depths). The error is sum(w^2 V(t)) / sum(w P)^2, plus the background's.
+    # weights that brighten their sky-limited wings in transit make that factor follow the transit (a
+    # median 1.0% per bin under a PSF the smoothed profile misses). The error is sum(w^2 V(t)) / sum(w P)^2,
+    # plus the background's.
     flux = box / np.maximum(seen, 1e-12)
     weight = _pixel_variance(flux.mean(0)[None, None, :] * share + sky.mean(0, keepdims=True), flat, floor)
     np.divide(np.where(good, share, 0.0), weight, out=weight)

@@ -177,14 +177,12 @@ class _JointModel:
         if fs.use_jitter and jitter is not None and jitter.shape[-1] > 0:
             j = torch.nan_to_num(jitter.double().to(device))
             j = j - j.mean(1, keepdim=True)
-            jit = j / j.std(1, keepdim=True).clamp_min(1e-12)
+            jit = _standardised(j)
             if j.shape[-1] >= len(_FGS1_CENTROIDS):
                 # FGS1's box cuts its PSF's wings: the light it keeps falls with the square of the offset
                 # (FGS1's error on the simulator's full-size visits: 5.7 -> 4.4 oracle sigmas). FGS1's own
                 # terms: AIRS's bins would only pay for them in sigma.
-                sq = j[..., _FGS1_CENTROIDS] ** 2
-                sq = sq - sq.mean(1, keepdim=True)
-                squares = list((sq / sq.std(1, keepdim=True).clamp_min(1e-12)).unbind(-1))
+                squares = list(_standardised(j[..., _FGS1_CENTROIDS] ** 2).unbind(-1))
         # Per bin, the jitter's coefficients are local parameters beside D_n and c_n (each column's response
         # to a pointing shift depends on its own PSF and spectral slope); else shared and smooth in wavelength.
         per_bin = fs.jitter_wavelength_degree is None
@@ -629,6 +627,13 @@ def _spectral_outliers(depth, sigma, threshold):
     flagged = spike.abs() > threshold * noise
     flagged |= s < 0.3 * _running_median(sigma, 9)[:, 1:]
     return torch.cat([torch.zeros_like(flagged[:, :1]), flagged], dim=1)
+
+
+
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, J) series with zero mean and unit spread along time (a flat one stays zero)."""
+    x = x - x.mean(1, keepdim=True)
+    return x / x.std(1, keepdim=True).clamp_min(1e-12)
 
 
 def _smooth_bins(beta, window):
