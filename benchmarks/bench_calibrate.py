@@ -158,7 +158,8 @@ def extrapolate(seconds: float, peak_rss_gib: float, predict_s_per_planet: float
         "hidden_visits": HIDDEN_VISITS,
         "processes": processes,
         "calibrate_min": round(calibrate_min, 1),
-        "predict_min_assumed": round(predict_min, 1),
+        "predict_s_per_planet": predict_s_per_planet,  # --predict-seconds-per-planet: bench_fit.py measures it
+        "predict_min": round(predict_min, 1),
         "predict_reserve_min": reserve,
         "fits_reserve": calibrate_min + predict_min <= reserve,
         "fits_9h": calibrate_min + predict_min <= profile["time_min"],

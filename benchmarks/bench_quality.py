@@ -7,7 +7,9 @@ drawn orbit, a non-separable drift, photometric jitter, the real non-linearity).
 simulated set (seed 43, every planet labelled) with each model and with the physics fit, and scores them
 against the truth with the naive reference taken from the training labels. `fit` is the joint fit
 alone; `fit+calibration` the fit stage's calibration on the held-out store's own labelled training
-split, applied out of fold to those planets (models.calibration); `K-fold cv:<model>` is `spectramind
+split, applied out of fold to those planets (models.calibration); `fit+calibration:train` the one the
+fit stage learned on the training set's labels, applied to every held-out planet (as `spectramind
+predict model=fit` does to a store without labels); `K-fold cv:<model>` is `spectramind
 cv data.split.folds=K` on the held-out set, each planet predicted by what was fitted on the other folds
 (the fit's calibration and the net), the way competitors choose a model. The per-bin oracle is the
 simulator's own noise limit for a fit that knows the transit shape (reference section 2). Prints one
@@ -15,12 +17,13 @@ JSON object with a table: score, ratio to the oracle, RMSE, the share of |z| bel
 worst planet's score per model.
 
 Everything is cached under --out (stores, sidecars, runs): running it again resumes where it stopped.
-At full size a visit's raw frames take 0.5 GB, so `--chunk N` streams the held-out set for the fit rows: N
-planets at a time (seeds 43, 44, ...) are simulated, calibrated and fitted, their raw frames deleted, and
-the rows scored over all the chunks together. `--refit` fits the saved chunks' stores again with the code
-as it is now and scores them: a change to the fit alone is measured on the same planets without simulating
-them again (a change to the calibration, its settings or the shared config code makes the stores stale,
-and the fit stage says so).
+At full size a visit's raw frames take 0.5 GB, so `--chunk N` streams the held-out set: N planets at a time
+(seeds 43, 44, ...) are simulated, calibrated and predicted by every row (the nets trained once before;
+`cv:<model>` cross-validates within each chunk, its nets trained on N x (K-1)/K planets), their raw frames
+deleted, and the rows scored over all the chunks together. `--refit` predicts the saved chunks' stores
+again with the code as it is now and scores them: a change to the fit alone is measured on the same planets
+without simulating them again (a change to the calibration, its settings or the shared config code makes
+the stores stale, and the fit stage says so; cv rows cannot be redone, their raw frames are gone).
 """
 
 from __future__ import annotations
@@ -37,15 +40,23 @@ import pandas as pd
 
 TRAIN_SEED, HELDOUT_SEED = 42, 43
 NETS = ("residual", "cnn1d")  # the rows that train on the training set (cv:<net> trains on the held-out set)
+# The fit alone; calibrated on the held-out store's own labelled split, out of fold; and calibrated on the
+# training set's labels (what `spectramind predict model=fit` applies to a store without labels).
+FIT_ROWS = ("fit", "fit+calibration", "fit+calibration:train")
 
 
 def data_overrides(out: Path, name: str, planets: int, test_fraction: float, args) -> list[str]:
     """One set's data settings: its folders and size, the split it is scored on, and --full-size/--simulate."""
     # Full size: the real read counts, binned as the competition's data is (187 time bins).
     size = ["data.simulate.full_size=true", "data.calibrate.airs_bin=30", "data.calibrate.fgs1_bin=360"]
-    full_size = args.full_size and (name != "train" or any(m in NETS for m in args.models.split(",")))
+    # The training set's frames matter only to the rows that learn from them; else it gives only labels.
+    learns = any(m in NETS or m == "fit+calibration:train" for m in args.models.split(","))
+    full_size = args.full_size and (name != "train" or learns)
+    # Each set its own baseline folder: a labelled set's fit stage writes the calibration `model=fit`
+    # applies, and the training set's must not be replaced by a held-out chunk's.
     return [*(size if full_size else []), *(f"data.simulate.{o}" for o in args.simulate),
             f"data.root={out / name / 'raw'}", f"data.store={out / name / 'store'}",
+            f"data.baseline={out / name / 'baseline'}",
             f"data.simulate.n_train={planets}", "data.simulate.n_test=1", f"data.num_workers={args.workers}",
             "data.split.val_fraction=0.15" if test_fraction == 0 else "data.split.val_fraction=0.0",
             f"data.split.test_fraction={test_fraction}"]
@@ -78,17 +89,17 @@ def train(model: str, out: Path, overrides: list[str], epochs: int) -> Path:
     return out / "runs" / hash_
 
 
-def cross_validated(model: str, out: Path, overrides: list[str], folds: int,
-                    epochs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """`spectramind cv data.split.folds=K` on the held-out set: every planet predicted by the model (and
-    the fit's label calibration) fitted on the other folds; its out-of-fold submission."""
+def cross_validated(model: str, out: Path, overrides: list[str], folds: int, epochs: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """`spectramind cv data.split.folds=K` on a held-out set (simulated with `seed`): every planet predicted
+    by the model (and the fit's label calibration) fitted on the other folds; its out-of-fold submission."""
     from spectramind.evaluate import submission
 
     start = time.time()
     # The nets' validation planets (early stopping, output calibration) are drawn from the other folds. The
     # split is part of the store's settings, so cv calibrates the same raw set into a store of its own.
     data = [o for o in overrides if not o.startswith(("data.split.val_fraction=", "data.store="))]
-    args = [*training_args(model, out / "cv", HELDOUT_SEED, epochs), *data, f"data.store={out / 'cv' / 'store'}",
+    args = [*training_args(model, out / "cv", seed, epochs), *data, f"data.store={out / 'cv' / 'store'}",
             f"data.split.folds={folds}", "data.split.val_fraction=0.15"]
     spectramind("cv", args)
     report = max((out / "cv" / "cv").glob("*/cv.json"), key=lambda p: p.stat().st_mtime)
@@ -107,45 +118,83 @@ def predict(net, trained, store: Path, device: str = "cpu") -> tuple[np.ndarray,
     return ids, np.maximum(mu, 0.0), sigma, time.time() - start
 
 
-def fit_from_sidecar(s, store: Path, calibrated: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def fit_from_sidecar(s, store: Path, calibrated: bool,
+                     steps: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The physics fit's predictions, computed once (the fit stage) as the sidecar the residual net reads
-    too: its calibrated values, or the fit's own (`baseline_*_raw` where the stage calibrated)."""
+    too: its calibrated values, or the fit's own (`baseline_*_raw` where the stage calibrated), through
+    `steps` when given (what models.calibration.load read: a calibration learned on another set)."""
     import h5py
 
     from spectramind.evaluate.predict import combine_visits
-    from spectramind.models.baseline import fit_baseline
+    from spectramind.models.baseline import apply_steps, fit_baseline
 
     start = time.time()
     path = fit_baseline(s, progress=False)["baseline"]
     with h5py.File(path) as f, h5py.File(store / "lightcurves.h5") as main:
         keys = sorted(f["visits"])
         ids = [int(main["visits"][k].attrs["planet_id"]) for k in keys]
-        raw = not calibrated and "baseline_mu_raw" in f["visits"][keys[0]]
+        raw = (steps is not None or not calibrated) and "baseline_mu_raw" in f["visits"][keys[0]]
         suffix = "_raw" if raw else ""
         mu = np.stack([f["visits"][k][f"baseline_mu{suffix}"][()] for k in keys])
         sigma = np.stack([f["visits"][k][f"baseline_sigma{suffix}"][()] for k in keys])
+    if steps is not None:
+        mu, sigma = apply_steps(steps, mu, sigma)
     ids, mu, sigma = combine_visits(ids, mu, sigma)
     return ids, np.maximum(mu, 0.0), sigma, time.time() - start
 
 
-def streamed_fit_rows(args, names: list[str]) -> tuple[dict, dict]:
-    """The fit rows over `args.test_planets` held-out planets, `args.chunk` at a time: each chunk is
-    simulated (its own seed), calibrated and fitted, its (ids, mu, sigma) per row and its labels saved, and
-    its raw frames deleted; a rerun skips the chunks that are saved. Returns per row the concatenated
-    (y, mu, sigma, oracle sigma), and the timings."""
+def epochs(args, model: str) -> int:  # model=fit trains nothing: its value is only a key of the config
+    return args.residual_epochs if model == "residual" else args.cnn_epochs
+
+
+def row(name: str, s, data: list[str], seed: int, learned: dict, out: Path,
+        args) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """One row's (ids, mu, sigma, seconds) on the held-out store of `s` (made from `data` with `seed`): the
+    fit, calibrated or not (`learned[name]`: the steps learned on the training set, if any); `cv:<model>`
+    on that set, its runs under `out`; or a net (`learned[name]`: its run)."""
+    from spectramind.config.stage import load
+    from spectramind.data.store import read_store_attrs
+    from spectramind.evaluate.predict import load_model
+    from spectramind.models.baseline import fit_baseline
+
+    store = Path(s.data.store)
+    if name in FIT_ROWS:
+        return fit_from_sidecar(s, store, calibrated=name != "fit", steps=learned.get(name))
+    if name.startswith("cv:"):
+        model = name.removeprefix("cv:")
+        return cross_validated(model, out, data, args.cv_folds, epochs(args, model), seed)
+    fit_baseline(s, progress=False)  # the net's input on this store
+    target = load([*data, f"seed={seed}", f"paths.output_dir={args.out}", f"model={name}",
+                   f"predict.run={learned[name]}"])[1]
+    net, trained, _ = load_model(target, read_store_attrs(store))
+    return predict(net, trained, store)
+
+
+def streamed_rows(args, names: list[str], learned: dict) -> tuple[dict, dict]:
+    """The rows over `args.test_planets` held-out planets, `args.chunk` at a time: each chunk is simulated
+    (its own seed), calibrated and predicted by every row (`cv:<model>` cross-validates within the chunk),
+    its (y, mu, sigma, oracle sigma) per row saved and its raw frames deleted; a rerun computes only the
+    rows a chunk has not saved (`--refit`: every row again, from the chunk's store). Returns per row the
+    concatenated (y, mu, sigma, oracle sigma), and the timings."""
     from spectramind import files
     from spectramind.config.stage import load
     from spectramind.data.prepare import calibrate
     from spectramind.data.simulate import simulate_raw
     from spectramind.evaluate.evaluate import load_truth
 
+    keys = ("y", "mu", "sigma", "opt")
+    timings = {"heldout_data_s": 0.0, **{f"{name}_s": 0.0 for name in names}}
     parts: dict[str, list] = {name: [] for name in names}
-    timings = {"heldout_data_s": 0.0, "fit_s": 0.0}
     for c in range(-(-args.test_planets // args.chunk)):
         planets = min(args.chunk, args.test_planets - c * args.chunk)
         folder = args.out / "heldout" / f"chunk{c}"
         saved = folder / "rows.npz"
-        if not saved.is_file() or args.refit:
+        rows = {}
+        if saved.is_file():
+            with np.load(saved) as f:
+                rows = dict(f)
+        todo = [name for name in names if args.refit or f"{name}/y" not in rows]
+        if todo:
             data = data_overrides(folder.parent, folder.name, planets, 0.5, args)
             s = load([*data, f"seed={HELDOUT_SEED + c}", f"paths.output_dir={args.out}"])[1]
             if not saved.is_file():
@@ -153,24 +202,37 @@ def streamed_fit_rows(args, names: list[str]) -> tuple[dict, dict]:
                 simulate_raw(s, progress=False)
                 calibrate(s, progress=False)
                 timings["heldout_data_s"] += time.time() - t0
-            rows = {}
-            for name in names:
-                ids, mu, sigma, seconds = fit_from_sidecar(s, Path(s.data.store), calibrated=name != "fit")
-                timings["fit_s"] += seconds
+            elif cv := [name for name in todo if name.startswith("cv:")]:
+                raise SystemExit(f"{folder}: its raw frames are deleted, and {cv} need them (cv calibrates "
+                                 "them again); give a new --out")
+            for name in todo:
+                ids, mu, sigma, seconds = row(name, s, data, HELDOUT_SEED + c, learned, folder, args)
+                timings[f"{name}_s"] += seconds
                 y, _, _, sigma_opt = load_truth(s.data.root, ids)
-                rows.update({f"{name}/y": y, f"{name}/mu": mu, f"{name}/sigma": sigma, f"{name}/opt": sigma_opt})
-            if any(v is None for v in rows.values()):
-                raise SystemExit(f"{s.data.root}: the simulator wrote no oracle noise file")
+                if sigma_opt is None:
+                    raise SystemExit(f"{s.data.root}: the simulator wrote no oracle noise file")
+                rows.update(zip((f"{name}/{k}" for k in keys), (y, mu, sigma, sigma_opt), strict=True))
             with files.atomic_path(saved) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **rows)
             for signal in Path(s.data.root).rglob("*.parquet"):  # the frames; the labels and star info stay
                 signal.unlink()
-        with np.load(saved) as f:
-            for name in names:
-                parts[name].append([f[f"{name}/{k}"] for k in ("y", "mu", "sigma", "opt")])
-        print(json.dumps({"chunk": c, "planets": planets}), file=sys.stderr, flush=True)
+        for name in names:
+            parts[name].append([rows[f"{name}/{k}"] for k in keys])
+        print(json.dumps({"chunk": c, "planets": planets, "computed": todo}), file=sys.stderr, flush=True)
     joined = {name: [np.concatenate(column) for column in zip(*chunks, strict=True)] for name, chunks in parts.items()}
     return joined, {k: round(v, 1) for k, v in timings.items()}
+
+
+def training_calibration(training) -> list:
+    """The steps the fit stage learned from the training set's labels (models.calibration.load)."""
+    from spectramind.data.prepare import calibrate
+    from spectramind.models import calibration as cal
+    from spectramind.models.baseline import calibration_path, fit_baseline, sidecar_calibrated
+
+    calibrate(training, progress=False)
+    if not sidecar_calibrated(Path(fit_baseline(training, progress=False)["baseline"])):
+        raise SystemExit(f"{training.data.store}: too few labelled planets to calibrate the fit on")
+    return cal.load(calibration_path(training))
 
 
 def worst_planet(y, mu, sigma, naive_mean, naive_sigma) -> float:
@@ -196,15 +258,13 @@ def main() -> None:
     parser.add_argument("--simulate", action="append", default=[], metavar="KEY=VALUE",
                         help="a data.simulate setting for both sets, e.g. limb_darkening=quadratic (repeatable)")
     parser.add_argument("--chunk", type=int, default=0,
-                        help="stream the held-out set N planets at a time (fit rows only; 0: all at once)")
+                        help="stream the held-out set N planets at a time (cv within each chunk; 0: all at once)")
     parser.add_argument("--refit", action="store_true",
                         help="with --chunk: fit the saved chunks' stores again with the code as it is now")
     args = parser.parse_args()
     models = args.models.split(",")
     if args.refit and not args.chunk:
         parser.error("--refit fits the streamed chunks' stores again: it needs --chunk")
-    if args.chunk and not set(models) <= {"fit", "fit+calibration"}:
-        parser.error(f"--chunk streams the fit rows only, not {sorted(set(models) - {'fit', 'fit+calibration'})}")
 
     from spectramind.config.stage import load
     from spectramind.data.simulate import simulate_raw
@@ -213,7 +273,7 @@ def main() -> None:
     from spectramind.metric import naive_stats
 
     timings = {}
-    # The training set's bytes matter only to the nets; for the fit rows it gives the naive reference (labels).
+    # The training set's bytes matter only to the rows that learn from it; else it gives the naive reference.
     train_data = data_overrides(args.out, "train", args.train_planets, 0.0, args)
     t0 = time.time()
     training = load([*train_data, f"seed={TRAIN_SEED}", f"paths.output_dir={args.out}"])[1]
@@ -231,17 +291,25 @@ def main() -> None:
         rows.setdefault("per_bin_oracle", {"score": round(metrics["oracle_score"], 4), "ratio_to_oracle": 1.0})
         print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
 
+    learned = {}  # what the training set taught a row: a net's run, the fit's calibration steps
+    for name in (m for m in models if m in NETS):  # builds its missing inputs (calibrate, fit)
+        t0 = time.time()
+        learned[name] = train(name, args.out, train_data, epochs(args, name))
+        timings[f"{name}_train_s"] = round(time.time() - t0, 1)
+    if "fit+calibration:train" in models:
+        learned["fit+calibration:train"] = training_calibration(training)
     if args.chunk:
-        streamed, chunk_timings = streamed_fit_rows(args, models)
+        streamed, chunk_timings = streamed_rows(args, models, learned)
         timings.update(chunk_timings)
         for name, (y, mu, sigma, sigma_opt) in streamed.items():
-            score(name, y, mu, sigma, sigma_opt)
+            score(cv_name(name, args), y, mu, sigma, sigma_opt)
         planets, time_bins = len(y), read_store_attrs(args.out / "heldout" / "chunk0" / "store")["n_time"]
     else:
-        planets, time_bins = heldout_rows(args, models, train_data, timings, score)
+        planets, time_bins = heldout_rows(args, models, learned, timings, score)
 
     report = {"heldout_planets": planets, "train_planets": args.train_planets, "heldout_seed": HELDOUT_SEED,
-              "chunk": args.chunk or None, "simulate": args.simulate, "train_seed": TRAIN_SEED,
+              "chunk": args.chunk or None, "simulate": args.simulate,
+              "cv_planets": "within each chunk" if args.chunk else "the whole held-out set", "train_seed": TRAIN_SEED,
               "time_bins": time_bins, "table": rows, "timings_s": timings,
               "goals": {"fit >= 0.85 x oracle": rows.get("fit", {}).get("ratio_to_oracle", 0) >= 0.85,
                         "calibrated >= 1.0 x oracle": rows.get("fit+calibration", {}).get("ratio_to_oracle", 0) >= 1.0,
@@ -252,46 +320,30 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def heldout_rows(args, models: list[str], train_data: list[str], timings: dict, score) -> tuple[int, int]:
+def cv_name(name: str, args) -> str:
+    return f"{args.cv_folds}-fold {name}" if name.startswith("cv:") else name
+
+
+def heldout_rows(args, models: list[str], learned: dict, timings: dict, score) -> tuple[int, int]:
     """Every row on the held-out set built at once; returns its planet and time-bin counts."""
     from spectramind.config.stage import load
     from spectramind.data.prepare import calibrate
     from spectramind.data.simulate import simulate_raw
     from spectramind.data.store import read_store_attrs
     from spectramind.evaluate.evaluate import load_truth
-    from spectramind.evaluate.predict import load_model
 
     start = time.time()
     heldout_data = data_overrides(args.out, "heldout", args.test_planets, 0.5, args)  # scored on "all"
     heldout = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}"])[1]
     simulate_raw(heldout, progress=False)
     calibrate(heldout, progress=False)
-    store = Path(heldout.data.store)
     timings["heldout_data_s"] = round(time.time() - start, 1)
-    attrs = read_store_attrs(store)
-
-    def epochs(model: str) -> int:  # model=fit trains nothing: its value is only a key of the config
-        return args.residual_epochs if model == "residual" else args.cnn_epochs
-
     for name in models:
-        t0 = time.time()
-        if name in ("fit", "fit+calibration"):
-            ids, mu, sigma, seconds = fit_from_sidecar(heldout, store, calibrated=name != "fit")
-        elif name.startswith("cv:"):
-            model = name.removeprefix("cv:")
-            ids, mu, sigma, seconds = cross_validated(model, args.out, heldout_data, args.cv_folds, epochs(model))
-            name = f"{args.cv_folds}-fold cv:{model}"
-        else:
-            run = train(name, args.out, train_data, epochs(name))  # builds its missing inputs (calibrate, fit)
-            target = load([*heldout_data, f"seed={HELDOUT_SEED}", f"paths.output_dir={args.out}", f"model={name}",
-                           f"predict.run={run}"])[1]
-            net, trained, _ = load_model(target, attrs)
-            timings[f"{name}_train_s"] = round(time.time() - t0, 1)
-            ids, mu, sigma, seconds = predict(net, trained, store)
-        timings[f"{name}_predict_s"] = round(seconds, 1)
+        ids, mu, sigma, seconds = row(name, heldout, heldout_data, HELDOUT_SEED, learned, args.out, args)
+        timings[f"{name}_s"] = round(seconds, 1)
         y, _, _, sigma_opt = load_truth(heldout.data.root, ids)
-        score(name, y, mu, sigma, sigma_opt)
-    return len(ids), attrs["n_time"]
+        score(cv_name(name, args), y, mu, sigma, sigma_opt)
+    return len(ids), read_store_attrs(Path(heldout.data.store))["n_time"]
 
 
 if __name__ == "__main__":

@@ -198,11 +198,19 @@ def project_models(output_dir: str, seconds: float, repeats: int) -> list[dict]:
     """The project's trainable models on the synthetic store (built under `output_dir` when missing);
     each contender's run lasts about `seconds` (the step count follows a probe of the bare step)."""
     from spectramind.config.stage import load
+    from spectramind.data.prepare import calibrate
+    from spectramind.data.simulate import simulate_raw
+    from spectramind.models.baseline import NEEDS_BASELINE, fit_baseline
     from spectramind.train.setup import build
 
     runs = []
     for model in ("residual", "cnn1d", "transformer"):
-        parts = build(load([f"model={model}", "trainer=ci_fast", f"paths.output_dir={output_dir}"])[1])
+        s = load([f"model={model}", "trainer=ci_fast", f"paths.output_dir={output_dir}"])[1]
+        simulate_raw(s, progress=False)  # each a no-op once its output is current
+        calibrate(s, progress=False)
+        if s.model.target in NEEDS_BASELINE:
+            fit_baseline(s, progress=False)
+        parts = build(s)
         make = functools.partial(_rebuilt, parts.model, parts.model.state_dict())
         probe = StampedLoss(parts.loss_fn)
         bare(make, parts.train_set, 4, 8, probe, "norm")
