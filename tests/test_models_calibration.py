@@ -1,5 +1,7 @@
 """The post-hoc calibration of the physics fit on labels: it finds a known bias and a known sigma error."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -65,11 +67,24 @@ def _spectra(n, bins=60, seed=0):
     return level * (1 + strength * band + slope * (x - 0.5))
 
 
+def _measured(y, sigma, level_sd=0.0, seed=2):
+    """A fit's values: independent noise `sigma` per bin plus a level error shared by the AIRS bins."""
+    rng = np.random.default_rng(seed)
+    shared = np.c_[np.zeros(len(y)), np.repeat(level_sd * rng.normal(size=(len(y), 1)), y.shape[1] - 1, 1)]
+    return y + sigma * rng.normal(size=y.shape) + shared
+
+
+def _learned(level_sd=0.0):
+    y = _spectra(400)
+    sigma = np.full_like(y, 2e-4)
+    return SpectralPrior.learn(y, _measured(y, sigma, level_sd, seed=3), sigma, shrinkage=0.1)
+
+
 def test_the_spectral_prior_beats_the_per_bin_limit_on_airs_and_leaves_fgs1_alone():
-    prior = SpectralPrior.learn(_spectra(400), shrinkage=0.1)
+    prior = _learned()
     y = _spectra(200, seed=1)
     sigma = np.full_like(y, 2e-4)
-    mu = y + sigma * np.random.default_rng(2).normal(size=y.shape)
+    mu = _measured(y, sigma)
     post_mu, post_sigma = prior.apply(mu, sigma)
     assert post_mu[:, 0].tolist() == mu[:, 0].tolist() and post_sigma[:, 0].tolist() == sigma[:, 0].tolist()
     post_mu, post_sigma, y, sigma = post_mu[:, 1:], post_sigma[:, 1:], y[:, 1:], sigma[:, 1:]   # AIRS
@@ -80,8 +95,22 @@ def test_the_spectral_prior_beats_the_per_bin_limit_on_airs_and_leaves_fgs1_alon
     assert (post_sigma < sigma).all() and 0.6 < z.std() < 1.1
 
 
+def test_a_level_error_shared_by_every_bin_stays_in_sigma():
+    """The fit's level (its mean AIRS depth) off by 1.5 sigma for all bins at once, as a limb-darkening or
+    orbit error makes it: the prior removes the per-bin noise, not that, and its sigma keeps it."""
+    y = _spectra(200, seed=1)
+    sigma = np.full_like(y, 2e-4)
+    mu = _measured(y, sigma, level_sd=3e-4)
+    prior = _learned(level_sd=3e-4)
+    assert 1.2 < prior.level_scale < 1.8
+    for learned, within in ((prior, (0.8, 1.25)), (dataclasses.replace(prior, level_scale=0.0), (2.0, np.inf))):
+        post_mu, post_sigma = learned.apply(mu, sigma)
+        z = ((post_mu - y) / post_sigma)[:, 1:]
+        assert within[0] < z.std() < within[1]
+
+
 def test_a_spectrum_unlike_the_labels_is_not_pulled_onto_them_when_its_bins_are_precise():
-    prior = SpectralPrior.learn(_spectra(400), shrinkage=0.1)
+    prior = _learned()
     odd = 0.02 * (1 + 0.3 * np.sin(np.linspace(0, 20, 60)))[None]    # a shape the family cannot make
     post_mu, _ = prior.apply(odd, np.full_like(odd, 1e-6))
     np.testing.assert_allclose(post_mu, odd, rtol=1e-3)

@@ -186,7 +186,7 @@ def _calibrate(s: Settings, results: dict[str, dict], train: set[int]) -> tuple[
         return np.stack([results[k][name] for k in keys]).astype(np.float64)
 
     def learn_prior(mu, sigma, y):
-        return SpectralPrior.learn(y, shrinkage)
+        return SpectralPrior.learn(y, mu, sigma, shrinkage)
 
     y = stack(labelled, "target")
     steps = ([learn_prior] if shrinkage is not None else []) + [fit_calibration]

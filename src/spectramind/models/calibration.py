@@ -88,26 +88,33 @@ class SpectralPrior:
     freedom than 283 bins, so neighbouring bins are not independent, and a fit's per-bin values can be
     pulled towards the shapes the labels span. The posterior of a visit's shape given its per-bin values
     (treated as independent with their sigma) is the usual Gaussian update; sigma may then fall below the
-    per-bin limit, legitimately. AIRS only: FGS1's one value against AIRS's mean is the ratio a planet's
+    per-bin limit, legitimately, but never below what the spectrum's level (its mean AIRS depth) is known
+    to: that error is shared by every bin (the limb darkening, the orbit, the drift), so no prior on the
+    shape removes it, and each bin keeps its share of it. AIRS only: FGS1's one value against AIRS's mean is the ratio a planet's
     haze and clouds set, too varied to be pulled towards the labels' (that is where a prior was seen to
     make a planet confidently wrong).
     """
 
     mean: np.ndarray        # (bins - 1,) mean AIRS shape
     covariance: np.ndarray  # (bins - 1, bins - 1) its covariance, shrunk towards its diagonal
+    level_scale: float      # the error of a visit's level in units of its AIRS bins' rms sigma
 
     @classmethod
-    def learn(cls, labels: np.ndarray, shrinkage: float) -> SpectralPrior:
+    def learn(cls, labels: np.ndarray, mu: np.ndarray, sigma: np.ndarray, shrinkage: float) -> SpectralPrior:
+        """From (visits, bins) labels and the fit's values for them."""
         airs = labels[:, 1:]
         shape = airs / airs.mean(1, keepdims=True)
         cov = np.cov(shape, rowvar=False)
         # Shrinkage towards the diagonal: a covariance from fewer spectra than bins is singular.
         cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov))
-        return cls(mean=shape.mean(0), covariance=cov)
+        # Maximum likelihood of the level errors, each with its own fit's sigma as the scale.
+        z = (mu[:, 1:].mean(1) - airs.mean(1)) / _rms(sigma[:, 1:])
+        return cls(mean=shape.mean(0), covariance=cov, level_scale=float(np.sqrt(np.mean(z[np.isfinite(z)] ** 2))))
 
     def apply(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(visits, bins) -> the posterior mean and standard deviation per bin."""
         level = np.abs(mu[:, 1:].mean(1, keepdims=True)).clip(1e-6)
+        level_var = (self.level_scale * _rms(sigma[:, 1:]) / level[:, 0]) ** 2  # relative to the level
         out_mu, out_sigma = mu.copy(), sigma.copy()
         for i in range(len(mu)):
             s, d = mu[i, 1:] / level[i], (sigma[i, 1:] / level[i]) ** 2
@@ -119,9 +126,14 @@ class SpectralPrior:
             cov = self.covariance * max(1.0, chi2)
             gain = np.linalg.solve(cov + np.diag(d), cov).T                          # C (C + D)^-1
             post = self.mean + gain @ innovation
-            var = np.diag(cov - gain @ cov).clip(1e-30)
+            var = np.diag(cov - gain @ cov).clip(1e-30) + post**2 * level_var[i]
             out_mu[i, 1:], out_sigma[i, 1:] = post * level[i], np.sqrt(var) * level[i]
         return out_mu, out_sigma
+
+
+def _rms(sigma: np.ndarray) -> np.ndarray:
+    """Per visit: the rms of (visits, bins) sigmas."""
+    return np.sqrt((sigma**2).mean(1))
 
 
 def save(path, learned: list) -> None:
@@ -131,7 +143,8 @@ def save(path, learned: list) -> None:
     arrays = {}
     for step in learned:
         if isinstance(step, SpectralPrior):
-            arrays.update(prior_mean=step.mean, prior_covariance=step.covariance)
+            arrays.update(prior_mean=step.mean, prior_covariance=step.covariance,
+                          prior_level_scale=np.float64(step.level_scale))
         else:
             arrays["calibration"] = np.array([step.mu_bias, step.sigma_scale, step.sigma_floor])
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -143,6 +156,7 @@ def load(path) -> list:
     with np.load(path, allow_pickle=False) as data:
         steps = []
         if "prior_mean" in data:
-            steps.append(SpectralPrior(mean=data["prior_mean"], covariance=data["prior_covariance"]))
+            steps.append(SpectralPrior(mean=data["prior_mean"], covariance=data["prior_covariance"],
+                                       level_scale=float(data["prior_level_scale"])))
         m, s, f = (tuple(float(v) for v in row) for row in data["calibration"])
         return [*steps, Calibration(mu_bias=m, sigma_scale=s, sigma_floor=f)]
