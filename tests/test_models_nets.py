@@ -10,9 +10,9 @@ from spectramind.models.baseline import fit_kwargs
 N, T, S = 283, 50, 9
 
 
-def _build(name):
-    """The model section `name` of the shipped YAML, built as the trainer builds it."""
-    s = make_settings(f"model={name}")
+def _build(name, *overrides):
+    """The model section `name` of the shipped YAML (and `overrides`), built as the trainer builds it."""
+    s = make_settings(f"model={name}", *overrides)
     return s.model.instantiate(n_time=T, n_bins=N, n_star=S, **fit_kwargs(s))
 
 
@@ -47,6 +47,18 @@ def test_untrained_residual_net_predicts_the_baseline():
     mu, sigma = _build("residual")(batch)
     torch.testing.assert_close(mu, batch["baseline_mu"])
     torch.testing.assert_close(sigma, batch["baseline_sigma"], rtol=2e-4, atol=0)
+
+
+@pytest.mark.parametrize("fgs1_from_baseline", [True, False])
+def test_the_residual_net_leaves_fgs1_to_the_baseline_when_told(fgs1_from_baseline):
+    torch.manual_seed(0)
+    net = _build("residual", f"model.fgs1_from_baseline={str(fgs1_from_baseline).lower()}")
+    torch.nn.init.normal_(net.head.weight, std=0.1)                  # a trained net: it corrects every bin
+    batch = _batch()
+    mu, sigma = net(batch)
+    same = [torch.equal(a[:, 0], batch[f"baseline_{k}"][:, 0]) for a, k in ((mu, "mu"), (sigma, "sigma"))]
+    assert same == [fgs1_from_baseline] * 2
+    assert not torch.allclose(mu[:, 1:], batch["baseline_mu"][:, 1:])
 
 
 @pytest.mark.slow

@@ -90,9 +90,9 @@ class SpectralPrior:
     (treated as independent with their sigma) is the usual Gaussian update; sigma may then fall below the
     per-bin limit, legitimately, but never below what the spectrum's level (its mean AIRS depth) is known
     to: that error is shared by every bin (the limb darkening, the orbit, the drift), so no prior on the
-    shape removes it, and each bin keeps its share of it. AIRS only: FGS1's one value against AIRS's mean is the ratio a planet's
-    haze and clouds set, too varied to be pulled towards the labels' (that is where a prior was seen to
-    make a planet confidently wrong).
+    shape removes it, and each bin keeps its share of it. AIRS only: FGS1's one value against AIRS's
+    mean is the ratio a planet's haze and clouds set, too varied to be pulled towards the labels' (that
+    is where a prior was seen to make a planet confidently wrong).
     """
 
     mean: np.ndarray        # (bins - 1,) mean AIRS shape

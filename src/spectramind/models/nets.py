@@ -53,7 +53,8 @@ def normalised_curves(batch: dict[str, torch.Tensor], n_points: int | None = Non
 
 
 class ResidualNet(nn.Module):
-    """mu = baseline_mu + baseline_sigma x delta; sigma = baseline_sigma x a learned factor.
+    """mu = baseline_mu + baseline_sigma x delta; sigma = baseline_sigma x a learned factor (AIRS only with
+    `fgs1_from_baseline`: FGS1's are the baseline's).
 
     Dilated convolutions across wavelength see each bin with its neighbours (a learned, noise-aware
     smoothing: real spectra vary over many bins, the baseline's noise from bin to bin), plus a context
@@ -61,9 +62,10 @@ class ResidualNet(nn.Module):
     """
 
     def __init__(self, n_time: int | None, n_bins: int, n_star: int, *, channels: int, layers: int, kernel: int,
-                 dropout: float, fit: Fit):
+                 dropout: float, fgs1_from_baseline: bool, fit: Fit):
         super().__init__()
         self.n_bins = n_bins
+        self.fgs1_from_baseline = fgs1_from_baseline
         self.inp = nn.Conv1d(4, channels, 1)
         self.context = nn.Linear(2 + n_star, channels)
         self.blocks = nn.ModuleList(
@@ -95,7 +97,10 @@ class ResidualNet(nn.Module):
         for block in self.blocks:
             h = h + block(h)
         delta, log_factor = self.head(h).unbind(1)
-        return mu0 + s0 * delta, positive(log_factor, s0)
+        mu, sigma = mu0 + s0 * delta, positive(log_factor, s0)
+        if self.fgs1_from_baseline:
+            mu, sigma = (torch.cat([base[:, :1], new[:, 1:]], 1) for base, new in ((mu0, mu), (s0, sigma)))
+        return mu, sigma
 
 
 class _Heads(nn.Module):
