@@ -10,13 +10,14 @@ from spectramind.models.calibration import (
     IDENTITY,
     OUTPUTS_FILE,
     Calibration,
+    LevelError,
     SpectralPrior,
     fit_calibration,
     load,
     out_of_fold,
 )
 from spectramind.train import checkpoint
-from spectramind.train.setup import MIN_CALIBRATION_PLANETS, Parts, calibrate_outputs
+from spectramind.train.setup import MIN_CALIBRATION_PLANETS, MIN_SCALE_PLANETS, Parts, calibrate_outputs
 
 
 def _fit_output(n=300, bins=20, seed=0):
@@ -109,6 +110,20 @@ def test_a_level_error_shared_by_every_bin_stays_in_sigma():
         assert within[0] < z.std() < within[1]
 
 
+def test_the_level_error_of_a_net_is_learned_and_shared_by_every_airs_bin():
+    """A model whose per-bin sigma is right for each bin's own noise, with its whole AIRS spectrum off by
+    a shared 1.5 sigma: the learned level error widens each bin by its share and leaves FGS1 alone."""
+    y = _spectra(300, seed=4)
+    sigma = np.full_like(y, 2e-4)
+    mu = _measured(y, sigma, level_sd=3e-4, seed=5)
+    level = LevelError.learn(mu, sigma, y)
+    assert 1.3 < level.scale < 1.7                      # sqrt(1.5^2 + 1/59): the level's own noise too
+    mu_out, sigma_out = level.apply(mu, sigma)
+    assert mu_out is mu and sigma_out[:, 0].tolist() == sigma[:, 0].tolist()
+    z = ((mu - y) / sigma_out)[:, 1:]
+    assert 0.9 < z.std() < 1.1 and ((mu - y) / sigma)[:, 1:].std() > 1.5
+
+
 def test_a_spectrum_unlike_the_labels_is_not_pulled_onto_them_when_its_bins_are_precise():
     prior = _learned()
     odd = 0.02 * (1 + 0.3 * np.sin(np.linspace(0, 20, 60)))[None]    # a shape the family cannot make
@@ -142,17 +157,34 @@ class _Labelled(torch.utils.data.Dataset):
         return self.items[i]
 
 
-@pytest.mark.parametrize("planets", [40, MIN_CALIBRATION_PLANETS - 1])
-def test_a_trained_nets_outputs_are_calibrated_on_its_validation_split(tmp_path, planets):
+class _PassesFgs1(_Overconfident):
+    fgs1_from_baseline = True     # as ResidualNet's switch says: its FGS1 is the baseline's, calibrated already
+
+
+@pytest.mark.parametrize("planets", [MIN_SCALE_PLANETS, MIN_CALIBRATION_PLANETS, MIN_CALIBRATION_PLANETS - 1])
+@pytest.mark.parametrize("model", [_Overconfident, _PassesFgs1])
+def test_a_trained_nets_outputs_are_calibrated_on_its_validation_split(tmp_path, planets, model):
     """What `spectramind train` runs after training (trainer.calibrate_outputs): the checkpoint predicts the
-    validation planets and their labels set the scale; too few planets leave the identity, written."""
-    model = _Overconfident()
-    checkpoint.save(tmp_path / "checkpoints" / "best.pt", {"model": model.state_dict()})
-    parts = Parts(model=model, loss_fn=None, train_set=None, val_set=_Labelled(planets), trainer=None,
+    validation planets; their labels set the AIRS level's error from MIN_CALIBRATION_PLANETS and the
+    per-instrument scale from MIN_SCALE_PLANETS (FGS1's only when the net makes its own); fewer planets
+    leave the identity, written."""
+    net = model()
+    checkpoint.save(tmp_path / "checkpoints" / "best.pt", {"model": net.state_dict()})
+    parts = Parts(model=net, loss_fn=None, train_set=None, val_set=_Labelled(planets), trainer=None,
                   optimizer=None, scheduler=None)
     learned = calibrate_outputs(parts, tmp_path, torch.device("cpu"))
-    assert load(tmp_path / OUTPUTS_FILE) == [learned]
+    assert load(tmp_path / OUTPUTS_FILE) == learned
     if planets < MIN_CALIBRATION_PLANETS:
-        assert learned == IDENTITY
+        assert learned == [IDENTITY]
+        return
+    level, scale = learned
+    # The items' AIRS errors are independent (3 sigma a bin): their mean over 29 bins is 3/sqrt(29) sigma.
+    assert 0.3 < level.scale < 0.9
+    if planets < MIN_SCALE_PLANETS:
+        assert scale == IDENTITY
+        return
+    assert 2.6 < scale.sigma_scale[1] < 3.4
+    if model is _PassesFgs1:
+        assert (scale.mu_bias[0], scale.sigma_scale[0], scale.sigma_floor[0]) == (0.0, 1.0, 0.0)
     else:
-        assert 1.5 < learned.sigma_scale[0] < 2.6 and 2.6 < learned.sigma_scale[1] < 3.4
+        assert 1.5 < scale.sigma_scale[0] < 2.6

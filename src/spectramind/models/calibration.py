@@ -6,6 +6,8 @@ depth bias the fit shares across planets (a limb-darkening law that is not the s
 fit's sigma, and f is the relative error the fit does not know about (systematics it does not model).
 Six numbers, fitted by maximising the Gaussian log-likelihood of the labels with L-BFGS; applied out
 of fold to the labelled planets themselves, so nothing downstream sees a planet's own label through it.
+Before it, optionally: a spectral prior on the AIRS shape (the fit stage's), or the error of the AIRS
+level that every bin shares (a trained net's, LevelError).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class Calibration:
                    (self.mu_bias, self.sigma_scale, self.sigma_floor))
         mu_cal = mu * (1 + m)
         return mu_cal, np.hypot(s * sigma, f * np.abs(mu_cal))
+
+    def airs_only(self) -> Calibration:
+        """The same for AIRS, the identity for FGS1."""
+        return Calibration(mu_bias=(0.0, self.mu_bias[1]), sigma_scale=(1.0, self.sigma_scale[1]),
+                           sigma_floor=(0.0, self.sigma_floor[1]))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -107,14 +114,12 @@ class SpectralPrior:
         cov = np.cov(shape, rowvar=False)
         # Shrinkage towards the diagonal: a covariance from fewer spectra than bins is singular.
         cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov))
-        # Maximum likelihood of the level errors, each with its own fit's sigma as the scale.
-        z = (mu[:, 1:].mean(1) - airs.mean(1)) / _rms(sigma[:, 1:])
-        return cls(mean=shape.mean(0), covariance=cov, level_scale=float(np.sqrt(np.mean(z[np.isfinite(z)] ** 2))))
+        return cls(mean=shape.mean(0), covariance=cov, level_scale=LevelError.learn(mu, sigma, labels).scale)
 
     def apply(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(visits, bins) -> the posterior mean and standard deviation per bin."""
-        level = np.abs(mu[:, 1:].mean(1, keepdims=True)).clip(1e-6)
-        level_var = (self.level_scale * _rms(sigma[:, 1:]) / level[:, 0]) ** 2  # relative to the level
+        level = _level(mu)
+        level_var = LevelError(self.level_scale).relative_variance(mu, sigma)[:, 0]
         out_mu, out_sigma = mu.copy(), sigma.copy()
         for i in range(len(mu)):
             s, d = mu[i, 1:] / level[i], (sigma[i, 1:] / level[i]) ** 2
@@ -131,13 +136,51 @@ class SpectralPrior:
         return out_mu, out_sigma
 
 
+@dataclass(frozen=True)
+class LevelError:
+    """The error of a visit's level (its mean AIRS depth), which every AIRS bin shares, in units of the rms
+    of the visit's AIRS sigmas: learned from labels by maximum likelihood, each bin given its share of it.
+
+    It comes from what is common to all bins (the limb darkening, the orbit, the drift), so a model that
+    narrows each bin's sigma by pooling the bins (the spectral prior, a net's convolutions across
+    wavelength) narrows nothing of it, and a per-bin likelihood never sees it on its own. One number, so
+    a few labelled planets determine it where the per-instrument Calibration's three need many more.
+    """
+
+    scale: float
+
+    @classmethod
+    def learn(cls, mu: np.ndarray, sigma: np.ndarray, y: np.ndarray) -> LevelError:
+        """From (visits, bins) values and their labels: the rms of the level errors over the rms sigmas."""
+        z = (mu[:, 1:].mean(1) - y[:, 1:].mean(1)) / _rms(sigma[:, 1:])
+        return cls(scale=float(np.sqrt(np.mean(z[np.isfinite(z)] ** 2))))
+
+    def relative_variance(self, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """Per visit (visits, 1): the level's variance relative to the level squared."""
+        return (self.scale * _rms(sigma[:, 1:])[:, None] / _level(mu)) ** 2
+
+    def apply(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(visits, bins): each AIRS bin's sigma widened by its share of the level's error (FGS1 unchanged)."""
+        out = sigma.copy()
+        out[:, 1:] = np.sqrt(sigma[:, 1:] ** 2 + mu[:, 1:] ** 2 * self.relative_variance(mu, sigma))
+        return mu, out
+
+    def as_dict(self) -> dict:
+        return {"level_scale": self.scale}
+
+
+def _level(mu: np.ndarray) -> np.ndarray:
+    """Per visit (visits, 1): the mean AIRS depth, kept away from 0."""
+    return np.abs(mu[:, 1:].mean(1, keepdims=True)).clip(1e-6)
+
+
 def _rms(sigma: np.ndarray) -> np.ndarray:
     """Per visit: the rms of (visits, bins) sigmas."""
     return np.sqrt((sigma**2).mean(1))
 
 
 def save(path, learned: list) -> None:
-    """The learned steps (a SpectralPrior and/or a Calibration, in the order applied) as one .npz."""
+    """The learned steps as one .npz: a SpectralPrior and/or a LevelError, then a Calibration, in that order."""
     from spectramind import files
 
     arrays = {}
@@ -145,6 +188,8 @@ def save(path, learned: list) -> None:
         if isinstance(step, SpectralPrior):
             arrays.update(prior_mean=step.mean, prior_covariance=step.covariance,
                           prior_level_scale=np.float64(step.level_scale))
+        elif isinstance(step, LevelError):
+            arrays["level_scale"] = np.float64(step.scale)
         else:
             arrays["calibration"] = np.array([step.mu_bias, step.sigma_scale, step.sigma_floor])
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -158,5 +203,7 @@ def load(path) -> list:
         if "prior_mean" in data:
             steps.append(SpectralPrior(mean=data["prior_mean"], covariance=data["prior_covariance"],
                                        level_scale=float(data["prior_level_scale"])))
+        if "level_scale" in data:
+            steps.append(LevelError(scale=float(data["level_scale"])))
         m, s, f = (tuple(float(v) for v in row) for row in data["calibration"])
         return [*steps, Calibration(mu_bias=m, sigma_scale=s, sigma_floor=f)]
