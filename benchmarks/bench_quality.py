@@ -45,8 +45,8 @@ TRAIN_SEED, HELDOUT_SEED = 42, 43
 NETS = ("residual", "cnn1d")  # the rows that train on the training set (cv:<net> trains on the held-out set)
 # The fit alone; calibrated on the held-out store's own labelled split, out of fold; and calibrated on the
 # training set's labels (what `spectramind predict model=fit` applies to a store without labels).
-FIT_ROWS = ("fit", "fit+calibration", "fit+calibration:train")
 TRAIN_CALIBRATION = "fit+calibration:train"  # what the training set's labels taught the fit (its row's key)
+FIT_ROWS = ("fit", "fit+calibration", TRAIN_CALIBRATION)
 
 
 def data_overrides(out: Path, name: str, planets: int, test_fraction: float, args) -> list[str]:
@@ -54,7 +54,7 @@ def data_overrides(out: Path, name: str, planets: int, test_fraction: float, arg
     # Full size: the real read counts, binned as the competition's data is (187 time bins).
     size = ["data.simulate.full_size=true", "data.calibrate.airs_bin=30", "data.calibrate.fgs1_bin=360"]
     # The training set's frames matter only to the rows that learn from them; else it gives only labels.
-    learns = any(m in NETS or m == "fit+calibration:train" for m in args.models.split(","))
+    learns = any(m in NETS or m == TRAIN_CALIBRATION for m in args.models.split(","))
     full_size = args.full_size and (name != "train" or learns)
     # Each set its own baseline folder: a labelled set's fit stage writes the calibration `model=fit`
     # applies, and the training set's must not be replaced by a held-out chunk's.
@@ -112,15 +112,16 @@ def cross_validated(model: str, out: Path, overrides: list[str], folds: int, epo
 
 
 class _RawBaseline(torch.nn.Module):
-    """A net fed the baseline as the fit made it (`baseline_*_raw`), not as the held-out labels calibrated it."""
+    """A net fed the baseline as the fit made it (`baseline_*_raw`), not as the held-out labels calibrated it
+    (a sidecar the fit stage did not calibrate has no `_raw` values: its own are the fit's)."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net({**batch, "baseline_mu": batch["baseline_mu_raw"],
-                         "baseline_sigma": batch["baseline_sigma_raw"]})
+        return self.net({**batch, **{f"baseline_{k}": batch.get(f"baseline_{k}_raw", batch[f"baseline_{k}"])
+                                     for k in ("mu", "sigma")}})
 
 
 def predict(net, trained, store: Path, steps: list,
