@@ -43,9 +43,9 @@ import torch
 
 TRAIN_SEED, HELDOUT_SEED = 42, 43
 NETS = ("residual", "cnn1d")  # the rows that train on the training set (cv:<net> trains on the held-out set)
+TRAIN_CALIBRATION = "fit+calibration:train"  # what the training set's labels taught the fit (its row's key)
 # The fit alone; calibrated on the held-out store's own labelled split, out of fold; and calibrated on the
 # training set's labels (what `spectramind predict model=fit` applies to a store without labels).
-TRAIN_CALIBRATION = "fit+calibration:train"  # what the training set's labels taught the fit (its row's key)
 FIT_ROWS = ("fit", "fit+calibration", TRAIN_CALIBRATION)
 
 
