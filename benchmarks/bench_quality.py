@@ -15,8 +15,9 @@ the test store has no labels, so its baseline is the raw fit through the trainin
 cv data.split.folds=K` on the held-out set, each planet predicted by what was fitted on the other folds
 (the fit's calibration and the net), the way competitors choose a model. The per-bin oracle is the
 simulator's own noise limit for a fit that knows the transit shape (reference section 2). Prints one
-JSON object with a table: score, ratio to the oracle, RMSE, the share of |z| below 1 and 2 and the
-worst planet's score per model, every row over the same planets: the held-out set's labelled ones.
+JSON object with a table: score, ratio to the oracle and its 95% bootstrap interval over the planets,
+RMSE, the share of |z| below 1 and 2 and the worst planet's score per model, every row over the same
+planets: the held-out set's labelled ones.
 
 Everything is cached under --out (stores, sidecars, runs): running it again resumes where it stopped.
 At full size a visit's raw frames take 0.5 GB, so `--chunk N` streams the held-out set: N planets at a time
@@ -47,6 +48,7 @@ TRAIN_CALIBRATION = "fit+calibration:train"  # what the training set's labels ta
 # The fit alone; calibrated on the held-out store's own labelled split, out of fold; and calibrated on the
 # training set's labels (what `spectramind predict model=fit` applies to a store without labels).
 FIT_ROWS = ("fit", "fit+calibration", TRAIN_CALIBRATION)
+BOOTSTRAP_DRAWS = 2000  # resampled planet sets behind each row's ratio_95%
 
 
 def data_overrides(out: Path, name: str, planets: int, test_fraction: float, args) -> list[str]:
@@ -260,12 +262,24 @@ def training_calibration(training) -> list:
     return cal.load(calibration_path(training))
 
 
-def worst_planet(y, mu, sigma, naive_mean, naive_sigma) -> float:
-    """The lowest per-planet score (each planet's bins weighted as the competition weights them)."""
+def planet_scores(y, mu, sigma, sigma_opt, naive_mean, naive_sigma) -> tuple[np.ndarray, np.ndarray]:
+    """Each planet's score and its oracle's (its bins weighted as the competition weights them)."""
     from spectramind import metric
 
     ind = metric.element_scores(y, mu, sigma, naive_mean, naive_sigma)
-    return min(metric.weighted_score(ind[i:i + 1], clip=False) for i in range(len(y)))
+    score = np.array([metric.weighted_score(ind[i:i + 1], clip=False) for i in range(len(y))])
+    oracle = np.array([metric.oracle_score(y[i:i + 1], sigma_opt[i:i + 1], naive_mean, naive_sigma)
+                       for i in range(len(y))])
+    return score, oracle
+
+
+def ratio_interval(score: np.ndarray, oracle: np.ndarray, draws: int = BOOTSTRAP_DRAWS) -> list[float]:
+    """The central 95% of the ratio to the oracle over held-out sets of the same size drawn from these
+    planets with replacement: how far another set of planets could move the row (every planet weighs the
+    same in the score, so a set's ratio is its mean planet score over its mean oracle score)."""
+    picks = np.random.default_rng(0).integers(0, len(score), (draws, len(score)))
+    ratios = score[picks].mean(1) / oracle[picks].mean(1)
+    return [round(float(v), 4) for v in np.percentile(ratios, [2.5, 97.5])]
 
 
 def main() -> None:
@@ -312,7 +326,9 @@ def main() -> None:
         metrics, _ = score_report(y, mu, sigma, naive_mean, naive_sigma, sigma_opt)
         rows[name] = {k: round(metrics[k], 4) for k in ("score", "ratio_to_oracle", "rmse", "within_1sigma",
                                                          "within_2sigma", "within_1sigma_fgs1")}
-        rows[name]["worst_planet"] = round(worst_planet(y, mu, sigma, naive_mean, naive_sigma), 4)
+        per_planet, oracles = planet_scores(y, mu, sigma, sigma_opt, naive_mean, naive_sigma)
+        rows[name]["ratio_95%"] = ratio_interval(per_planet, oracles)
+        rows[name]["worst_planet"] = round(float(per_planet.min()), 4)
         rows.setdefault("per_bin_oracle", {"score": round(metrics["oracle_score"], 4), "ratio_to_oracle": 1.0})
         print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
 
